@@ -1,0 +1,21 @@
+"""Client halves: local update rules and personalisation methods, one per file.
+
+``LOCAL_UPDATES`` holds how a client trains the model it is given (a strategy's
+client half); ``PERSONALIZERS`` holds which parameters stay private and how the
+client builds and evaluates its own model. The one ClientApp
+(``fedpers.client_app``) composes one of each.
+"""
+
+from clients.base import LocalContext, LocalUpdate, Personalizer
+from clients.none import NoPersonalization
+from clients.sgd import SGDUpdate
+
+LOCAL_UPDATES: dict[str, LocalUpdate] = {
+    "sgd": SGDUpdate(),
+}
+
+PERSONALIZERS: dict[str, Personalizer] = {
+    "none": NoPersonalization(),
+}
+
+__all__ = ["LOCAL_UPDATES", "PERSONALIZERS", "LocalContext", "LocalUpdate", "Personalizer"]

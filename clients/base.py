@@ -1,0 +1,55 @@
+"""Protocols of the client halves and the context they run in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from fedpers.config import RunConfig
+    from fedpers.data.base import ClientData
+    from fedpers.training import TrainResult
+
+
+@dataclass
+class LocalContext:
+    """Everything a client half may read while it serves one message."""
+
+    cfg: RunConfig
+    data: ClientData
+    kind: str  # "classification" | "anomaly"
+    server_round: int
+    partition_id: int
+    seed: int  # derived from the run seed, the round and the client
+    device: torch.device
+    state: Any  # flwr.app.RecordDict: this client's state, kept across rounds
+    server_config: dict[str, Any]  # the ConfigRecord that came with the message
+
+
+class LocalUpdate(Protocol):
+    """How a client trains the model it was sent (a strategy's client half)."""
+
+    def train(self, model: nn.Module, lc: LocalContext) -> TrainResult: ...
+
+
+class Personalizer(Protocol):
+    """Which parameters stay on the client, and how the client adapts its model."""
+
+    def private_keys(self, model: nn.Module) -> set[str]:
+        """state_dict keys that never leave the client."""
+        ...
+
+    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
+        """Called after the global (shared) parameters are loaded into ``model``."""
+        ...
+
+    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
+        """Local training for this round; the shared part of ``model`` is uploaded."""
+        ...
+
+    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
+        """The model this client uses on its own data (its personalised model)."""
+        ...

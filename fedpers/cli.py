@@ -1,0 +1,150 @@
+"""``fedpers`` command line: run, detect, keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fedpers.config import (
+    ConfigError,
+    describe_keys,
+    load_config_file,
+    parse_run_config,
+    parse_set_args,
+)
+
+logger = logging.getLogger("fedpers")
+
+SUMMARY_KEYS = [
+    ("eval/global_accuracy", "global accuracy", "{:.4f}"),
+    ("eval/client_accuracy_mean", "client accuracy (mean)", "{:.4f}"),
+    ("eval/client_accuracy_p10", "client accuracy (p10)", "{:.4f}"),
+    ("eval/global_auroc", "global AUROC", "{:.4f}"),
+    ("eval/global_auprc", "global AUPRC", "{:.4f}"),
+    ("eval/global_f1", "global F1", "{:.4f}"),
+    ("eval/client_auroc_mean", "client AUROC (mean)", "{:.4f}"),
+    ("train/loss", "train loss (last round)", "{:.4f}"),
+    ("comm/bytes_up_total", "bytes up (total)", "{:,.0f}"),
+    ("comm/bytes_down_total", "bytes down (total)", "{:,.0f}"),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stdout)
+    for noisy in ("mlflow", "alembic", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def resolve_config(config: str | None, sets: list[str] | None, experiment: str | None,
+                   tracking_uri: str | None):
+    raw: dict = load_config_file(config) if config else {}
+    raw.update(parse_set_args(sets or []))
+    if experiment:
+        raw["experiment"] = experiment
+    if tracking_uri:
+        raw["tracking-uri"] = tracking_uri
+    return parse_run_config(raw)
+
+
+def print_summary(run_id: str, tracking_uri: str) -> None:
+    from fedpers.tracking import Tracker
+
+    client = Tracker.connect(tracking_uri)
+    run = client.get_run(run_id)
+    metrics = run.data.metrics
+    rounds = max((m.step for m in client.get_metric_history(run_id, "comm/bytes_up")),
+                 default=0)
+    rows = [(label, fmt.format(metrics[key])) for key, label, fmt in SUMMARY_KEYS
+            if key in metrics]
+    width = max(len(r[0]) for r in rows) if rows else 10
+    print()
+    print(f"{'metric'.ljust(width)} | final (round {rounds})")
+    print(f"{'-' * width}-|-{'-' * 20}")
+    for label, value in rows:
+        print(f"{label.ljust(width)} | {value}")
+    print()
+    print(f"experiment: {run.info.experiment_id}   run id: {run_id}")
+    print(f"open it with: mlflow ui --backend-store-uri {tracking_uri}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedpers.simulation import run_simulation
+    from fedpers.tracking import TrackingError, resolve_tracking_uri
+
+    cfg = resolve_config(args.config, args.set, args.experiment, args.tracking_uri)
+    cfg = cfg.replace(**{"tracking-uri": resolve_tracking_uri(cfg.tracking_uri)})
+    logger.info("running %s: %s", cfg.task, " ".join(f"{k}={v}" for k, v in
+                                                        cfg.to_dict().items()))
+    try:
+        run_id = run_simulation(cfg, run_name=args.run_name or "", verbose=args.verbose)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_summary(run_id, cfg.tracking_uri)
+    print(f"run id: {run_id}")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from fedpers.detect import Detector, read_input, write_output
+
+    detector = Detector.from_run(args.run, args.tracking_uri or "")
+    scores, flags = detector.score(read_input(args.input))
+    out = Path(args.output) if args.output else Path(args.input).with_suffix(".scores.csv")
+    write_output(out, scores, flags)
+    print(f"{len(scores)} rows scored, {int(flags.sum())} flagged as anomalies "
+          f"(threshold {detector.threshold:.6g}); written to {out}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    for key, default, doc in describe_keys():
+        print(f"{key:24s} {default!r:12} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedpers", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one experiment on Flower's Simulation Engine")
+    run.add_argument("--config", help="TOML file of run-config keys")
+    run.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                     help="override run-config keys (TOML values: 3, 0.1, true, 'text')")
+    run.add_argument("--experiment", help="MLflow experiment name")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
+    run.add_argument("--run-name", help="MLflow run name")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(fn=cmd_run)
+
+    det = sub.add_parser("detect", help="score rows with an anomaly detector from a run")
+    det.add_argument("--run", required=True, help="MLflow run id of an anomaly task run")
+    det.add_argument("--input", required=True, help="rows to score (.csv or .npy)")
+    det.add_argument("--output", help="CSV to write (default INPUT.scores.csv)")
+    det.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
+    det.set_defaults(fn=cmd_detect)
+
+    keys = sub.add_parser("keys", help="list every run-config key with its default")
+    keys.set_defaults(fn=cmd_keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    from fedpers.detect import DetectError
+    from fedpers.tracking import TrackingError
+
+    try:
+        return int(args.fn(args))
+    except (ConfigError, DetectError, TrackingError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

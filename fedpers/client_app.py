@@ -1,0 +1,150 @@
+"""The one ClientApp: composes a local update rule, a personaliser and a codec.
+
+Message contract (what the ServerApp sends and expects back):
+
+- ``query``: reply ``MetricRecord`` "info" with ``partition-id`` and ``num-examples``.
+- ``train``: in ``ArrayRecord`` "arrays" (global shared parameters) and
+  ``ConfigRecord`` "config" (``server-round``); out ``ArrayRecord`` "arrays" (the
+  encoded shared parameters) and ``MetricRecord`` "metrics" (``num-examples``,
+  ``train-loss``, ``steps``, ``partition-id``).
+- ``evaluate``: same input; out ``MetricRecord`` "metrics" with ``num-examples``,
+  ``partition-id`` and the task's metrics of the client's own model on its local
+  test part (``accuracy``/``loss``; anomaly tasks also ``auroc``, ``auprc``,
+  ``f1``, ``threshold`` and ``num-val``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients import LOCAL_UPDATES, PERSONALIZERS, LocalContext
+from fedpers import metrics as fm
+from fedpers.codecs import CODECS
+from fedpers.config import RunConfig, parse_run_config
+from fedpers.data import TASKS, DataSpec, load_federated
+from fedpers.training import anomaly_scores, derive_seed, evaluate, resolve_device
+from strategies import STRATEGIES
+
+logger = logging.getLogger(__name__)
+
+# Tags that keep the random streams of different uses apart.
+SEED_TRAIN, SEED_CODEC = 1, 2
+
+
+@lru_cache(maxsize=8)
+def _parse(items: tuple[tuple[str, Any], ...]) -> RunConfig:
+    return parse_run_config(dict(items))
+
+
+def client_config(context: Context) -> RunConfig:
+    """The run config, parsed once per process."""
+    return _parse(tuple(sorted(context.run_config.items())))
+
+
+def partition_id(context: Context, cfg: RunConfig) -> int:
+    """This SuperNode's client index, from its node config."""
+    node_cfg = context.node_config
+    if "partition-id" not in node_cfg:
+        raise ValueError("this SuperNode has no 'partition-id' in its node config; start it "
+                         "with --node-config \"partition-id=I num-partitions=N\"")
+    pid = int(node_cfg["partition-id"])
+    num = int(node_cfg.get("num-partitions", cfg.num_clients))
+    if num != cfg.num_clients:
+        raise ValueError(f"node config num-partitions={num} but run-config key 'num-clients' "
+                         f"is {cfg.num_clients}; they must agree")
+    if not 0 <= pid < cfg.num_clients:
+        raise ValueError(f"partition-id={pid} is outside 0..{cfg.num_clients - 1} "
+                         f"(run-config key 'num-clients' = {cfg.num_clients})")
+    return pid
+
+
+def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Module]:
+    cfg = client_config(context)
+    pid = partition_id(context, cfg)
+    task = TASKS[cfg.task]
+    fed = load_federated(DataSpec.from_config(cfg))
+    server_cfg = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
+    rnd = int(server_cfg.get("server-round", 0))
+    lc = LocalContext(cfg=cfg, data=fed.clients[pid], kind=fed.kind, server_round=rnd,
+                      partition_id=pid, seed=derive_seed(cfg.seed, SEED_TRAIN, rnd, pid),
+                      device=resolve_device(cfg.device), state=context.state,
+                      server_config=server_cfg)
+    torch.manual_seed(lc.seed)
+    model = task.build_model(fed.input_shape, fed.num_classes)
+    incoming = msg.content["arrays"].to_torch_state_dict()
+    missing = set(incoming) - set(model.state_dict())
+    if missing:
+        raise ValueError(f"server sent parameters this model does not have: {sorted(missing)}")
+    model.load_state_dict(incoming, strict=False)
+    PERSONALIZERS[cfg.personalization].prepare(model, lc)
+    return lc, model
+
+
+def _shared_arrays(model: torch.nn.Module, private: set[str]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()
+            if k not in private}
+
+
+def train(msg: Message, context: Context) -> Message:
+    lc, model = _setup(msg, context)
+    cfg = lc.cfg
+    personalizer = PERSONALIZERS[cfg.personalization]
+    update = LOCAL_UPDATES[STRATEGIES[cfg.strategy].local_update]
+    result = personalizer.train(model, update, lc)
+    shared = _shared_arrays(model, personalizer.private_keys(model))
+    rng = np.random.default_rng(derive_seed(cfg.seed, SEED_CODEC, lc.server_round,
+                                            lc.partition_id))
+    payload = CODECS[cfg.codec].encode(shared, rng)
+    arrays = ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v)))
+                                     for k, v in payload.items()))
+    metrics = MetricRecord({"num-examples": result.num_examples, "train-loss": result.loss,
+                            "steps": result.steps, "partition-id": lc.partition_id})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def evaluate_local(msg: Message, context: Context) -> Message:
+    lc, model = _setup(msg, context)
+    model = PERSONALIZERS[lc.cfg.personalization].eval_model(model, lc)
+    data = lc.data
+    out: dict[str, Any] = {"num-examples": int(len(data.x_test)),
+                           "partition-id": lc.partition_id}
+    threshold = None
+    if lc.kind == "anomaly":
+        if data.x_val is None or len(data.x_val) == 0:
+            raise ValueError("anomaly task without normal validation data on this client")
+        threshold = fm.calibrate_threshold(anomaly_scores(model, data.x_val, lc.device),
+                                           lc.cfg.threshold_percentile)
+        out.update({"threshold": threshold, "num-val": int(len(data.x_val))})
+    out.update(evaluate(model, data.x_test, data.y_test, kind=lc.kind, device=lc.device,
+                        threshold=threshold))
+    return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)
+
+
+def query(msg: Message, context: Context) -> Message:
+    cfg = client_config(context)
+    pid = partition_id(context, cfg)
+    fed = load_federated(DataSpec.from_config(cfg))
+    info = MetricRecord({"partition-id": pid, "num-examples": fed.clients[pid].num_train})
+    return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+def build_client_app(mods: list | None = None) -> ClientApp:
+    """The ClientApp, optionally with extra Flower mods (e.g. fault injection in tests)."""
+    client_app = ClientApp(mods=mods or [])
+    client_app.train()(train)
+    client_app.evaluate()(evaluate_local)
+    client_app.query()(query)
+    return client_app
+
+
+app = build_client_app()
+
+__all__ = ["app", "build_client_app", "client_config", "partition_id", "ConfigRecord"]

@@ -1,0 +1,279 @@
+"""Run configuration: parsed once, at the app entry, into a frozen dataclass.
+
+Every key is kebab-case (Flower's convention) and declared, with the same
+default, in ``[tool.flwr.app.config]`` of ``pyproject.toml``. Unknown keys,
+unknown component names and bad values raise :class:`ConfigError` naming the
+key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown or its value is invalid."""
+
+
+PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0.0 < v <= 1.0 else "must be in (0, 1]"
+
+
+def _open_fraction(v: Any) -> str | None:
+    return None if 0.0 < v < 1.0 else "must be in (0, 1)"
+
+
+def _percentile(v: Any) -> str | None:
+    return None if 0.0 < v < 100.0 else "must be in (0, 100)"
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _int_list(v: Any) -> str | None:
+    if v == "":
+        return None
+    try:
+        [int(p) for p in str(v).split(",")]
+    except ValueError:
+        return "must be a comma-separated list of integers, e.g. '5,7,9'"
+    return None
+
+
+def _key(name: str, default: Any, check: Callable[[Any], str | None] | None = None,
+         doc: str = "") -> Any:
+    return field(default=default, metadata={"key": name, "check": check, "doc": doc})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All settings of one federated run (see the README for each key)."""
+
+    task: str = _key("task", "fmnist", doc="data set + model + metrics (see fedpers.data.TASKS)")
+    data_dir: str = _key("data-dir", "", doc="where the task's files are ('' = task default)")
+    num_clients: int = _key("num-clients", 20, _positive)
+    num_server_rounds: int = _key("num-server-rounds", 10, _positive)
+    fraction_train: float = _key("fraction-train", 1.0, _fraction)
+    fraction_evaluate: float = _key("fraction-evaluate", 1.0, _fraction)
+    min_train_clients: int = _key("min-train-clients", 1, _positive,
+                                  doc="fewest valid updates needed to aggregate a round")
+    local_epochs: int = _key("local-epochs", 1, _positive)
+    batch_size: int = _key("batch-size", 32, _positive)
+    lr: float = _key("lr", 0.05, _positive)
+    momentum: float = _key("momentum", 0.0, _non_negative)
+    partition: str = _key("partition", "dirichlet", _one_of(PARTITIONS))
+    alpha: float = _key("alpha", 0.3, _positive, doc="Dirichlet concentration")
+    classes_per_client: int = _key("classes-per-client", 2, _positive,
+                                   doc="labels per client for partition=pathological")
+    local_test_fraction: float = _key("local-test-fraction", 0.2, _open_fraction)
+    max_samples_per_client: int = _key("max-samples-per-client", 0, _non_negative,
+                                       doc="cap on each client's local data (0 = no cap)")
+    seed: int = _key("seed", 42, _non_negative)
+    strategy: str = _key("strategy", "fedavg")
+    personalization: str = _key("personalization", "none")
+    codec: str = _key("codec", "none")
+    selection: str = _key("selection", "uniform")
+    round_timeout: float = _key("round-timeout", 600.0, _positive,
+                                doc="seconds to wait for replies in each phase of a round")
+    eval_every: int = _key("eval-every", 1, _positive)
+    anomaly_classes: str = _key("anomaly-classes", "5,7,9", _int_list,
+                                doc="fmnist-ad: labels that count as anomalies")
+    threshold_percentile: float = _key("threshold-percentile", 95.0, _percentile,
+                                       doc="anomaly threshold: percentile of normal errors")
+    device: str = _key("device", "auto", _one_of(DEVICES))
+    tracking_uri: str = _key("tracking-uri", "",
+                             doc="MLflow store ('' = $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    experiment: str = _key("experiment", "fedpers")
+    mlflow_run_id: str = _key("mlflow-run-id", "",
+                              doc="log into this existing MLflow run ('' = a new run)")
+
+    # ------------------------------------------------------------------ helpers
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a flat kebab-case dict (what Flower's run config holds)."""
+        return {f.metadata["key"]: getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """A copy with kebab-case overrides, validated like any other input."""
+        return parse_run_config({**self.to_dict(), **overrides})
+
+    def digest(self, exclude: tuple[str, ...] = ("tracking-uri", "experiment",
+                                                 "mlflow-run-id")) -> str:
+        """A stable hash of the settings that change results."""
+        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def anomaly_class_list(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.anomaly_classes.split(",")) if self.anomaly_classes else ()
+
+
+_FIELDS = {f.metadata["key"]: f for f in fields(RunConfig)}
+
+
+def config_keys() -> dict[str, Any]:
+    """Every declared key with its default."""
+    return {k: f.default for k, f in _FIELDS.items()}
+
+
+def _coerce(key: str, value: Any, target: Any) -> Any:
+    kind = type(target)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ConfigError(f"run-config key '{key}': expected true/false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"run-config key '{key}': expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"run-config key '{key}': expected an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"run-config key '{key}': expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"run-config key '{key}': expected a number, got {value!r}")
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"run-config key '{key}': expected a string, got {value!r}")
+    return str(value)
+
+
+# Component registries are checked here so that a bad name fails before any work.
+# Each entry maps a config key to a function returning that registry (imported
+# lazily: the registries import torch and Flower).
+def _registries() -> dict[str, Mapping[str, Any]]:
+    from clients import PERSONALIZERS
+    from fedpers.codecs import CODECS
+    from fedpers.data import TASKS
+    from fedpers.selection import SELECTORS
+    from strategies import STRATEGIES
+
+    return {
+        "task": TASKS,
+        "strategy": STRATEGIES,
+        "personalization": PERSONALIZERS,
+        "codec": CODECS,
+        "selection": SELECTORS,
+    }
+
+
+def parse_run_config(raw: Mapping[str, Any], check_names: bool = True) -> RunConfig:
+    """Validate a flat kebab-case mapping and return a :class:`RunConfig`.
+
+    Missing keys take their defaults. Raises :class:`ConfigError` on the first
+    unknown key, wrong type, out-of-range value or unknown component name.
+    """
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        hint = ", ".join(sorted(_FIELDS))
+        raise ConfigError(f"unknown run-config key(s) {', '.join(map(repr, unknown))}; "
+                          f"valid keys: {hint}")
+    values: dict[str, Any] = {}
+    for key, f in _FIELDS.items():
+        value = _coerce(key, raw[key], f.default) if key in raw else f.default
+        check = f.metadata["check"]
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise ConfigError(f"run-config key '{key}' = {value!r}: {problem}")
+        values[f.name] = value
+    if check_names:
+        for key, registry in _registries().items():
+            name = values[_FIELDS[key].name]
+            if name not in registry:
+                raise ConfigError(f"run-config key '{key}': unknown name {name!r}; "
+                                  f"valid names: {', '.join(sorted(registry))}")
+    cfg = RunConfig(**values)
+    _check_combination(cfg)
+    return cfg
+
+
+def _check_combination(cfg: RunConfig) -> None:
+    if cfg.partition == "natural" and cfg.task not in ("npz",):
+        raise ConfigError(f"run-config key 'partition' = 'natural' needs a task with natural "
+                          f"clients (npz); task {cfg.task!r} has none")
+    if cfg.task == "npz" and not cfg.data_dir:
+        raise ConfigError("run-config key 'data-dir' must name a folder of <client>.npz files "
+                          "for task 'npz'")
+
+
+def parse_set_args(items: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings (CLI ``--set``), values as TOML literals if possible."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            out[key] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = text
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file of run-config keys (top level or under [tool.flwr.app.config])."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from exc
+    nested = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
+    return dict(nested) if nested is not None else data
+
+
+def describe_keys() -> list[tuple[str, Any, str]]:
+    """(key, default, doc) for every key, for the CLI and the README."""
+    return [(k, f.default, f.metadata["doc"]) for k, f in _FIELDS.items()]
+
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "config_keys",
+    "describe_keys",
+    "load_config_file",
+    "parse_run_config",
+    "parse_set_args",
+    "dataclasses",
+]

@@ -1,0 +1,313 @@
+"""The ServerApp: one round loop for every strategy, selector, codec and task.
+
+Each round: select clients (seeded) -> ``strategy.configure_train`` on a grid view
+that shows only them -> send, count bytes both ways -> check every reply (errors
+and time-outs are *failed*, malformed updates are *rejected*; neither is
+averaged in) -> ``strategy.aggregate_train`` -> federated evaluation of each
+client's own model on its local test part -> the global model on the held-out
+test set -> one batched MLflow write.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from fedpers import metrics as fm
+from fedpers.codecs import CODECS
+from fedpers.comm import ByteCounter, messages_bytes
+from fedpers.config import RunConfig, parse_run_config
+from fedpers.data import TASKS, DataSpec, FederatedData, load_federated
+from fedpers.rounds import (
+    CheckedReply,
+    RejectedReply,
+    Roster,
+    SelectedGrid,
+    check_eval_reply,
+    check_train_reply,
+    clean_reply,
+    consistent_key_sets,
+    record_to_numpy,
+    refresh_roster,
+    to_array_record,
+    wait_for_nodes,
+    weighted_mean,
+)
+from fedpers.selection import SELECTORS
+from fedpers.tracking import Tracker
+from fedpers.training import derive_seed, evaluate, resolve_device
+from strategies import STRATEGIES
+
+logger = logging.getLogger("fedpers")
+
+SEED_INIT, SEED_SELECT, SEED_EVAL_SELECT = 10, 11, 12
+
+
+def _ensure_logging() -> None:
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s fedpers %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@dataclass
+class RoundLog:
+    """What one round produced; ``metrics`` is what MLflow gets."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    client_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GB"
+
+
+class Experiment:
+    """State of one federated run on the server."""
+
+    def __init__(self, cfg: RunConfig, grid: Grid, tracker: Tracker) -> None:
+        self.cfg = cfg
+        self.grid = grid
+        self.tracker = tracker
+        self.task = TASKS[cfg.task]
+        self.fed: FederatedData = load_federated(DataSpec.from_config(cfg))
+        self.device = resolve_device(cfg.device)
+        self.strategy = STRATEGIES[cfg.strategy].build(cfg)
+        self.selector = SELECTORS[cfg.selection]
+        self.codec = CODECS[cfg.codec]
+        self.bytes = ByteCounter()
+        self.roster = Roster()
+        torch.manual_seed(derive_seed(cfg.seed, SEED_INIT))
+        self.model = self.task.build_model(self.fed.input_shape, self.fed.num_classes)
+        self.global_arrays = {k: v.detach().cpu().numpy().copy()
+                              for k, v in self.model.state_dict().items()}
+        self.threshold: float | None = None
+        self.last_clients: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------ one round
+    def _send(self, messages: list[Message]) -> list[Message]:
+        self.bytes.add_down(messages_bytes(messages))
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        self.bytes.add_up(messages_bytes(replies))
+        return replies
+
+    def _partition(self, reply: Message) -> int:
+        return self.roster.partition_of.get(reply.metadata.src_node_id, -1)
+
+    def train_round(self, rnd: int, out: RoundLog) -> None:
+        cfg = self.cfg
+        refresh_roster(self.grid, self.roster, cfg.num_clients, cfg.round_timeout)
+        available = self.roster.partitions()
+        num = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
+        rng = np.random.default_rng(derive_seed(cfg.seed, SEED_SELECT, rnd))
+        chosen = self.selector.select(rnd, available, num, rng)
+        node_of = self.roster.node_of()
+        view = SelectedGrid(self.grid, [node_of[p] for p in chosen])
+        messages = list(self.strategy.configure_train(
+            rnd, to_array_record(self.global_arrays), ConfigRecord(), view))
+        replies = self._send(messages)
+        failed = len(messages) - len(replies)
+        checked: list[tuple[CheckedReply, Message]] = []
+        rejected = 0
+        for reply in replies:
+            pid = self._partition(reply)
+            if reply.has_error():
+                failed += 1
+                logger.warning("round %d: client %d failed: %s", rnd, pid, reply.error.reason)
+                continue
+            try:
+                arrays, metrics = check_train_reply(reply, self.global_arrays, self.codec)
+            except RejectedReply as exc:
+                rejected += 1
+                logger.warning("round %d: update from client %d rejected: %s", rnd, pid, exc)
+                continue
+            checked.append((CheckedReply(pid, arrays, metrics), reply))
+        keep, drop = consistent_key_sets([c for c, _ in checked])
+        for c in drop:
+            rejected += 1
+            logger.warning("round %d: update from client %d rejected: its parameter names "
+                           "differ from the other clients'", rnd, c.partition_id)
+        kept_ids = {id(c) for c in keep}
+        valid = sorted(((c, r) for c, r in checked if id(c) in kept_ids),
+                       key=lambda cr: cr[0].partition_id)
+        out.metrics.update({"clients/selected": float(len(messages)),
+                            "clients/trained": float(len(valid)),
+                            "clients/failed": float(failed),
+                            "clients/rejected": float(rejected)})
+        if len(valid) < cfg.min_train_clients:
+            logger.warning("round %d: only %d valid updates (min-train-clients = %d); the "
+                           "global model is not updated", rnd, len(valid),
+                           cfg.min_train_clients)
+            return
+        agg_arrays, _ = self.strategy.aggregate_train(
+            rnd, [clean_reply(r, c) for c, r in valid])
+        if agg_arrays is not None:
+            for name, arr in record_to_numpy(agg_arrays).items():
+                self.global_arrays[name] = arr.astype(self.global_arrays[name].dtype,
+                                                      copy=False)
+        loss = weighted_mean((c.metrics["train-loss"], c.metrics["num-examples"])
+                             for c, _ in valid if "train-loss" in c.metrics)
+        if loss is not None:
+            out.metrics["train/loss"] = loss
+
+    def evaluate_round(self, rnd: int, out: RoundLog) -> None:
+        cfg = self.cfg
+        available = self.roster.partitions()
+        num = max(1, int(round(cfg.fraction_evaluate * len(available))))
+        rng = np.random.default_rng(derive_seed(cfg.seed, SEED_EVAL_SELECT, rnd))
+        chosen = sorted(int(p) for p in rng.choice(available, size=num, replace=False))
+        node_of = self.roster.node_of()
+        view = SelectedGrid(self.grid, [node_of[p] for p in chosen])
+        messages = list(self.strategy.configure_evaluate(
+            rnd, to_array_record(self.global_arrays), ConfigRecord(), view))
+        rows: list[dict[str, Any]] = []
+        for reply in self._send(messages):
+            pid = self._partition(reply)
+            if reply.has_error():
+                logger.warning("round %d: evaluation on client %d failed: %s", rnd, pid,
+                               reply.error.reason)
+                continue
+            try:
+                rows.append({"partition-id": pid, **check_eval_reply(reply)})
+            except RejectedReply as exc:
+                logger.warning("round %d: evaluation reply of client %d rejected: %s", rnd,
+                               pid, exc)
+        rows.sort(key=lambda r: r["partition-id"])
+        out.client_rows = rows
+        out.metrics["clients/evaluated"] = float(len(rows))
+        for key in ("accuracy", "loss", "auroc", "f1"):
+            vals = [r[key] for r in rows if key in r]
+            for stat, value in fm.summarize(vals).items():
+                out.metrics[f"eval/client_{key}_{stat}"] = value
+        if self.fed.kind == "anomaly":
+            thr = weighted_mean((r["threshold"], r["num-val"]) for r in rows
+                                if "threshold" in r)
+            if thr is not None:
+                self.threshold = thr
+                out.metrics["eval/threshold"] = thr
+
+    def evaluate_global(self, out: RoundLog) -> None:
+        self.model.load_state_dict({k: torch.from_numpy(v) for k, v in
+                                    self.global_arrays.items()})
+        res = evaluate(self.model, self.fed.x_test, self.fed.y_test, kind=self.fed.kind,
+                       device=self.device, threshold=self.threshold)
+        for key, value in res.items():
+            out.metrics[f"eval/global_{key}"] = value
+
+    # ------------------------------------------------------------ the run
+    def run(self) -> None:
+        cfg = self.cfg
+        _ensure_logging()
+        nodes = wait_for_nodes(self.grid, cfg.num_clients, cfg.round_timeout)
+        refresh_roster(self.grid, self.roster, cfg.num_clients, cfg.round_timeout)
+        if not self.roster.partition_of:
+            raise RuntimeError(f"no client answered the handshake ({len(nodes)} nodes "
+                               f"connected); nothing to train")
+        if len(self.roster.partition_of) < cfg.num_clients:
+            logger.warning("only %d of %d clients connected; training with those",
+                           len(self.roster.partition_of), cfg.num_clients)
+        n_params = sum(v.size for v in self.global_arrays.values())
+        logger.info("task %s: %d clients, %d model parameters, strategy %s, selection %s, "
+                    "codec %s, personalization %s", cfg.task, len(self.roster.partition_of),
+                    n_params, cfg.strategy, cfg.selection, cfg.codec, cfg.personalization)
+        for rnd in range(1, cfg.num_server_rounds + 1):
+            t0 = time.perf_counter()
+            out = RoundLog()
+            self.bytes.start_round()
+            self.train_round(rnd, out)
+            if rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
+                self.evaluate_round(rnd, out)
+                self.evaluate_global(out)
+                self.last_clients = out.client_rows or self.last_clients
+            out.metrics.update(self.bytes.metrics())
+            self.tracker.log_metrics(out.metrics, step=rnd)
+            self._progress(rnd, out.metrics, time.perf_counter() - t0)
+        self._log_artifacts()
+
+    def _progress(self, rnd: int, m: dict[str, float], seconds: float) -> None:
+        parts = [f"round {rnd}/{self.cfg.num_server_rounds}"]
+        if "eval/global_accuracy" in m:
+            parts.append(f"global acc {m['eval/global_accuracy']:.4f}")
+        if "eval/global_auroc" in m:
+            parts.append(f"global AUROC {m['eval/global_auroc']:.4f}")
+        if "eval/client_accuracy_mean" in m:
+            parts.append(f"client acc {m['eval/client_accuracy_mean']:.4f}"
+                         f"±{m['eval/client_accuracy_std']:.4f}")
+        if "train/loss" in m:
+            parts.append(f"loss {m['train/loss']:.4f}")
+        parts.append(f"clients {m.get('clients/trained', 0):.0f} ok "
+                     f"{m.get('clients/failed', 0):.0f} failed "
+                     f"{m.get('clients/rejected', 0):.0f} rejected")
+        parts.append(f"up {_fmt_bytes(m['comm/bytes_up'])} "
+                     f"down {_fmt_bytes(m['comm/bytes_down'])}")
+        parts.append(f"{seconds:.1f}s")
+        logger.info(" | ".join(parts))
+
+    def _log_artifacts(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            (d / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2,
+                                                      sort_keys=True))
+            self.tracker.log_file(d / "config.json")
+            model_dir = d / "model"
+            model_dir.mkdir()
+            torch.save({k: torch.from_numpy(v) for k, v in self.global_arrays.items()},
+                       model_dir / "global_model.pt")
+            meta = {"task": self.cfg.task, "kind": self.fed.kind,
+                    "input_shape": list(self.fed.input_shape),
+                    "num_classes": self.fed.num_classes, "threshold": self.threshold,
+                    "threshold_percentile": self.cfg.threshold_percentile,
+                    "config": self.cfg.to_dict()}
+            (model_dir / "model_meta.json").write_text(json.dumps(meta, indent=2))
+            self.tracker.log_file(model_dir / "global_model.pt", "model")
+            self.tracker.log_file(model_dir / "model_meta.json", "model")
+            if self.last_clients:
+                keys = sorted({k for r in self.last_clients for k in r},
+                              key=lambda k: (k != "partition-id", k))
+                with open(d / "client_metrics.csv", "w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=keys)
+                    writer.writeheader()
+                    writer.writerows(self.last_clients)
+                self.tracker.log_file(d / "client_metrics.csv")
+
+
+def open_tracker(cfg: RunConfig) -> Tracker:
+    """Attach to the run named in the config, or start a new one."""
+    if cfg.mlflow_run_id:
+        return Tracker.attach(cfg.tracking_uri, cfg.mlflow_run_id)
+    return Tracker.start(cfg.tracking_uri, cfg.experiment)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = parse_run_config(context.run_config)
+    tracker = open_tracker(cfg)
+    try:
+        tracker.log_params(cfg.to_dict())
+        tracker.set_tags({"fedpers.config_digest": cfg.digest()})
+        Experiment(cfg, grid, tracker).run()
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")

@@ -1,0 +1,114 @@
+"""Run the app on Flower's Simulation Engine (Ray) from Python.
+
+This is what ``fedpers run`` and the benchmarks use. It runs the same ServerApp
+and ClientApp that ``flwr run .`` runs, with the run config resolved by fedpers
+(defaults + config file + overrides), and returns the MLflow run id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from fedpers.config import RunConfig
+from fedpers.tracking import Tracker, resolve_tracking_uri
+
+logger = logging.getLogger(__name__)
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Flower runs runtime installs of app dependencies unless told not to.
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def _write_app_dir(cfg: RunConfig, folder: Path) -> None:
+    """A Flower app folder whose [tool.flwr.app.config] is the resolved config.
+
+    Flower's simulation runtime gives each simulated SuperNode the run config of
+    the app folder it is pointed at; the components are the installed fedpers apps.
+    """
+    lines = ['[project]', 'name = "fedpers-run"', 'version = "0.0.0"', '',
+             '[tool.flwr.app]', 'publisher = "fedpers"', '',
+             '[tool.flwr.app.components]', 'serverapp = "fedpers.server_app:app"',
+             'clientapp = "fedpers.client_app:app"', '', '[tool.flwr.app.config]']
+    lines += [f"{k} = {_toml_value(v)}" for k, v in cfg.to_dict().items()]
+    (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
+
+
+def backend_config(num_cpus: int | None = None, client_cpus: float = 1.0,
+                   client_gpus: float = 0.0) -> dict:
+    """Ray backend settings: one CPU (one torch thread) per simulated client."""
+    cpus = num_cpus or os.cpu_count() or 1
+    return {
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+        "init_args": {"num_cpus": cpus, "num_gpus": 0 if client_gpus == 0 else None,
+                      "include_dashboard": False, "logging_level": "ERROR",
+                      "log_to_driver": True},
+    }
+
+
+def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] | None = None,
+                   client_app=None, server_app=None, num_cpus: int | None = None,
+                   verbose: bool = False) -> str:
+    """Run one experiment in-process on the Simulation Engine; return the MLflow run id.
+
+    The MLflow run is created (or, with ``mlflow-run-id``, reused) before anything
+    starts, so an unreachable store fails fast.
+    """
+    from flwr.app import Context, RecordDict
+    from flwr.common.telemetry import EventType
+    from flwr.simulation.run_simulation import _run_simulation
+
+    from fedpers.client_app import app as default_client_app
+    from fedpers.server_app import app as default_server_app
+
+    uri = resolve_tracking_uri(cfg.tracking_uri)
+    if cfg.mlflow_run_id:
+        tracker = Tracker.attach(uri, cfg.mlflow_run_id)
+    else:
+        tracker = Tracker.start(uri, cfg.experiment, run_name=run_name, tags=tags)
+    cfg = cfg.replace(**{"tracking-uri": uri, "mlflow-run-id": tracker.run_id})
+    gpus = 0.0
+    try:
+        import torch
+
+        if cfg.device != "cpu" and torch.cuda.is_available():
+            gpus = 1.0 / max(1, min(cfg.num_clients, os.cpu_count() or 1))
+    except ImportError:  # pragma: no cover
+        pass
+    with tempfile.TemporaryDirectory(prefix="fedpers-app-") as tmp:
+        _write_app_dir(cfg, Path(tmp))
+        context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
+                          run_config=cfg.to_dict())
+        try:
+            _run_simulation(
+                num_supernodes=cfg.num_clients,
+                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                client_app=client_app or default_client_app,
+                server_app=server_app or default_server_app,
+                backend_config=backend_config(num_cpus, client_gpus=gpus),
+                server_app_context=context,
+                app_dir=tmp,
+                is_app=True,
+                verbose_logging=verbose,
+            )
+        except BaseException:
+            status = tracker.client.get_run(tracker.run_id).info.status
+            if status == "RUNNING":
+                tracker.finish("FAILED")
+            raise
+    status = tracker.client.get_run(tracker.run_id).info.status
+    if status != "FINISHED":
+        raise RuntimeError(f"the run ended with MLflow status {status}; see the log above")
+    return tracker.run_id

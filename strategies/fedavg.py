@@ -1,0 +1,23 @@
+"""FedAvg: weighted averaging of client models (McMahan et al., arXiv 1602.05629).
+
+Flower's own :class:`flwr.serverapp.strategy.FedAvg` is the server half; the client
+half is plain local SGD (``clients/sgd.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flwr.serverapp.strategy import FedAvg
+
+from strategies.base import TAKE_ALL, StrategySpec
+
+if TYPE_CHECKING:
+    from fedpers.config import RunConfig
+
+
+def build(cfg: RunConfig) -> FedAvg:
+    return FedAvg(**TAKE_ALL)
+
+
+FEDAVG = StrategySpec(build=build, local_update="sgd", paper="arXiv 1602.05629")
