@@ -32,10 +32,14 @@ SUMMARY_KEYS = [
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stdout)
-    for noisy in ("mlflow", "alembic", "urllib3", "git"):
+    """Our progress lines on stdout; Flower keeps its own console handler."""
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s fedpers %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -107,6 +111,37 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fedpers.bench import run_benchmark
+
+    res = run_benchmark(args.folder, seeds=args.seeds, rounds=args.rounds, quick=args.quick,
+                        experiment=args.experiment or "", tracking_uri=args.tracking_uri or "",
+                        progress=not args.no_progress, verbose=args.verbose)
+    print(f"benchmark parent run: {res.parent_run_id} (experiment {res.experiment!r}): "
+          f"{len(res.ran)} ran, {len(res.reused)} reused, {len(res.failed)} failed")
+    for name in res.failed:
+        print(f"failed: {name} (rerun the same command to retry it)", file=sys.stderr)
+    print(f"report: fedpers report {res.parent_run_id} --tracking-uri {res.tracking_uri}")
+    return 1 if res.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedpers.report import ReportError, make_report
+    from fedpers.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri or "")
+    try:
+        rep = make_report(args.target, out=args.out, tracking_uri=uri,
+                          target_accuracy=args.target_accuracy)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(rep.table)
+    print("written: " + ", ".join(str(f) for f in rep.files))
+    print(f"open it with: mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedpers", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--output", help="CSV to write (default INPUT.scores.csv)")
     det.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
     det.set_defaults(fn=cmd_detect)
+
+    bench = sub.add_parser("bench", help="run (or resume) every variant x seed of a benchmark")
+    bench.add_argument("folder", help="benchmark folder, e.g. benchmarks/quickstart")
+    bench.add_argument("--seeds", type=int, help="first N listed seeds (0..N-1 if fewer listed)")
+    bench.add_argument("--rounds", type=int, help="override num-server-rounds of every run")
+    bench.add_argument("--quick", action="store_true",
+                       help="small budget (digits, 3 clients, 2 rounds, first seed)")
+    bench.add_argument("--experiment", help="MLflow experiment (default: the benchmark name)")
+    bench.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("-v", "--verbose", action="store_true")
+    bench.set_defaults(fn=cmd_bench)
+
+    rep = sub.add_parser("report", help="tables and plots of a benchmark sweep from MLflow")
+    rep.add_argument("target", metavar="EXPERIMENT_OR_PARENT_RUN",
+                     help="MLflow experiment (its latest sweep) or parent run id")
+    rep.add_argument("--out", help="output folder (default reports/<benchmark>)")
+    rep.add_argument("--target", dest="target_accuracy", type=float,
+                     help="target accuracy (default: the benchmark's target-accuracy)")
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
+    rep.set_defaults(fn=cmd_report)
 
     keys = sub.add_parser("keys", help="list every run-config key with its default")
     keys.set_defaults(fn=cmd_keys)

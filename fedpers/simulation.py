@@ -67,7 +67,7 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     starts, so an unreachable store fails fast.
     """
     from flwr.app import Context, RecordDict
-    from flwr.common.telemetry import EventType
+    from flwr.supercore.telemetry import EventType
     from flwr.simulation.run_simulation import _run_simulation
 
     from fedpers.client_app import app as default_client_app

@@ -13,9 +13,10 @@
 #   3. starts N `flower-supernode`s, SuperNode I with
 #      --node-config "partition-id=I num-partitions=N", and waits until the SuperLink
 #      lists all N as online;
-#   4. submits the app with `flwr run APP_DIR deploy --stream`, passing
-#      `num-clients=N` and the user's overrides as run config, and waits for the run
-#      to finish (at most TIMEOUT seconds, then `flwr stop`);
+#   4. submits the app with `flwr run WORKDIR/app deploy --stream` (WORKDIR/app: a
+#      snapshot of APP_DIR, see "stage the app" below), passing `num-clients=N` and
+#      the user's overrides as run config, and waits for the run to finish (at most
+#      TIMEOUT seconds, then `flwr stop`);
 #   5. reads the run's status and the SuperLink's traffic count with
 #      `flwr ls deploy --run-id ID --format json`, prints them and writes
 #      WORKDIR/result.json;
@@ -44,8 +45,9 @@ Usage: $(basename "$0") [-n NUM_SUPERNODES] [-w WORKDIR] [-a APP_DIR] [-t TIMEOU
                         [-- RUN_CONFIG_OVERRIDES...]
 
 Start a SuperLink and N SuperNodes on 127.0.0.1, run a Flower app on them with
-'flwr run APP_DIR deploy --stream', report the run status and the SuperLink's
-traffic byte count, and stop everything again.
+'flwr run WORKDIR/app deploy --stream' (WORKDIR/app: a snapshot of APP_DIR), report
+the run status and the SuperLink's traffic byte count, write WORKDIR/result.json and
+stop everything again. Exit status: 0 completed, 1 failed, 124 timed out, 130 Ctrl-C.
 
 Options:
   -n NUM   number of SuperNodes (default: 2); the run config gets num-clients=NUM
@@ -107,7 +109,7 @@ if [[ -z "$WORKDIR" ]]; then
 else
     mkdir -p "$WORKDIR"
     WORKDIR="$(cd "$WORKDIR" && pwd)"
-    if [[ -e "$WORKDIR/state.db" || -e "$WORKDIR/result.json" ]]; then
+    if [[ -e "$WORKDIR/state.db" || -e "$WORKDIR/result.json" || -e "$WORKDIR/app" ]]; then
         die "work folder '$WORKDIR' was used before; pass a new one"
     fi
 fi
@@ -207,7 +209,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Number of SuperNodes the SuperLink lists as online.
 online_supernodes() {
-    flwr supernode list "$CONNECTION" --format json 2>/dev/null | "$PYTHON" -c '
+    flwr supernode list "$CONNECTION" --format json 2>/dev/null | "$PYTHON" 2>/dev/null -c '
 import json, sys
 try:
     nodes = json.load(sys.stdin).get("nodes", [])
@@ -253,7 +255,21 @@ for kv in sys.argv[1:]:
 }
 
 # --------------------------------------------------------------------- run config
-RUN_CONFIG=("num-clients=$NUM_SUPERNODES")
+# The SuperLink rejects a run whose overrides name a key the app does not declare
+# ("Invalid run configuration"), so num-clients is passed only when declared.
+app_has_key() {
+    "$PYTHON" -c '
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    cfg = tomllib.load(f).get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+sys.exit(0 if sys.argv[2] in cfg else 1)' "$APP_DIR/pyproject.toml" "$1"
+}
+RUN_CONFIG=()
+if app_has_key num-clients; then
+    RUN_CONFIG+=("num-clients=$NUM_SUPERNODES")
+else
+    log "WARNING: the app declares no 'num-clients' run-config key; not passing it"
+fi
 if ((${#OVERRIDES[@]})); then
     mapfile -d '' -t USER_CONFIG < <(normalise_overrides "${OVERRIDES[@]}") \
         || die "bad run-config overrides"
@@ -262,6 +278,41 @@ if ((${#OVERRIDES[@]})); then
 fi
 RUN_CONFIG_ARGS=()
 for kv in "${RUN_CONFIG[@]}"; do RUN_CONFIG_ARGS+=(--run-config "$kv"); done
+
+log "work folder: $WORKDIR"
+log "app: $APP_DIR"
+log "python: $PYTHON"
+
+# ----------------------------------------------------------------- stage the app
+# `flwr run DIR` rewrites DIR/pyproject.toml in place when it has a legacy
+# [tool.flwr.federations] table (it comments the table out and moves it into
+# $FLWR_HOME/config.toml). So the app is not run from APP_DIR: it is packed with the
+# function `flwr run` itself uses to build the FAB (same files: *.py, *.toml, *.md,
+# *.json, *.yaml not excluded by .gitignore; federations stripped), unpacked into
+# WORKDIR/app and run from there. APP_DIR is only read; the run uses a snapshot.
+# (`flwr build --app` would do too, but it also insists that the folder's name is a
+# valid app name.)
+STAGED_APP="$WORKDIR/app"
+log "packing the app into $STAGED_APP"
+"$PYTHON" - "$APP_DIR" "$STAGED_APP" >"$WORKDIR/build.log" 2>&1 <<'EOF_PY' \
+    || { show_tail "$WORKDIR/build.log"; die "could not pack the app in $APP_DIR"; }
+import io, pathlib, sys, zipfile
+from flwr.cli.build import build_fab_from_disk
+
+app_dir, dest = (pathlib.Path(p).resolve() for p in sys.argv[1:])
+fab = build_fab_from_disk(app_dir)
+print(f"FAB: {len(fab)} bytes")
+with zipfile.ZipFile(io.BytesIO(fab)) as z:
+    for name in z.namelist():
+        if name.startswith(".info/"):
+            continue  # the FAB's manifest; `flwr run` writes a new one
+        target = (dest / name).resolve()
+        if not target.is_relative_to(dest):
+            sys.exit(f"unsafe path in FAB: {name}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(z.read(name))
+        print(name)
+EOF_PY
 
 # ------------------------------------------------------------------------ SuperLink
 read -r -a PORTS <<<"$(free_ports $((NUM_SUPERNODES + 1)))"
@@ -276,9 +327,6 @@ address = "127.0.0.1:$SUPERLINK_PORT"
 insecure = true
 EOF
 
-log "work folder: $WORKDIR"
-log "app: $APP_DIR"
-log "python: $PYTHON"
 log "starting SuperLink on 127.0.0.1:$SUPERLINK_PORT"
 # All processes run with WORKDIR as their working directory (ServerApp and ClientApp
 # processes inherit it, and the environment, from SuperLink / SuperNode).
@@ -328,9 +376,10 @@ done
 log "$online SuperNode(s) online"
 
 # ----------------------------------------------------------------------------- run
-log "flwr run $APP_DIR $CONNECTION --stream ${RUN_CONFIG_ARGS[*]}"
+log "flwr run $STAGED_APP $CONNECTION --stream ${RUN_CONFIG_ARGS[*]}"
 RUN_START=$SECONDS
-flwr run "$APP_DIR" "$CONNECTION" --stream "${RUN_CONFIG_ARGS[@]}" \
+: >"$WORKDIR/run.log"
+flwr run "$STAGED_APP" "$CONNECTION" --stream "${RUN_CONFIG_ARGS[@]}" \
     >"$WORKDIR/run.log" 2>&1 </dev/null &
 RUN_PID=$!
 if ((!QUIET)); then
@@ -383,15 +432,19 @@ for _ in $(seq 1 40); do
     sleep 0.5
 done
 WALL=$((SECONDS - RUN_START))
+# A ClientApp exception does not fail the run (the strategy counts it as a failure
+# and goes on); count them from the SuperNode logs.
+CLIENT_ERRORS="$(cat "$WORKDIR"/supernode-*.log | grep -c 'ClientApp raised an exception' || true)"
 [[ -n "$INFO" ]] || die "could not read run $RUN_ID from the SuperLink"
 printf '%s\n' "$INFO" >"$WORKDIR/flwr-ls.json"
 
 # ------------------------------------------------------------------------ results
 "$PYTHON" - "$INFO" "$WORKDIR/result.json" "$TIMED_OUT" "$RUN_RC" "$WALL" \
-    "$NUM_SUPERNODES" "$APP_DIR" "$WORKDIR" "${RUN_CONFIG[@]}" <<'EOF'
+    "$CLIENT_ERRORS" "$NUM_SUPERNODES" "$APP_DIR" "$WORKDIR" "${RUN_CONFIG[@]}" <<'EOF'
 import json, sys
 
-info, out, timed_out, run_rc, wall, n, app_dir, workdir, *run_config = sys.argv[1:]
+(info, out, timed_out, run_rc, wall, client_errors, n, app_dir, workdir,
+ *run_config) = sys.argv[1:]
 run = json.loads(info)["runs"][0]
 result = {
     "run_id": run["run-id"],
@@ -403,6 +456,7 @@ result = {
     "elapsed_seconds": run.get("elapsed"),
     "wall_seconds": int(wall),
     "compute_time": run.get("compute-time", {}),
+    "clientapp_errors": int(client_errors),
     "num_supernodes": int(n),
     "run_config": run_config,
     "app_dir": app_dir,
@@ -416,6 +470,9 @@ print(f"[deploy] status: {result['status']}"
       + (f" ({result['status_details']})" if result["status_details"] not in (None, "", "N/A") else ""))
 print(f"[deploy] SuperLink traffic bytes: inbound={b.get('inbound-bytes')} "
       f"outbound={b.get('outbound-bytes')} total={b.get('total-bytes')}")
+if result["clientapp_errors"]:
+    print(f"[deploy] WARNING: {result['clientapp_errors']} ClientApp call(s) raised an "
+          "exception (see supernode-*.log)")
 EOF
 log "run took ${WALL}s from submission; result: $WORKDIR/result.json"
 
@@ -424,6 +481,7 @@ if ((TIMED_OUT)); then
     exit 124
 fi
 if [[ "$STATUS" != "finished:completed" ]]; then
+    ((QUIET)) && show_tail "$WORKDIR/run.log" 40
     log "FAILED: run $RUN_ID ended with status '${STATUS:-unknown}'"
     exit 1
 fi

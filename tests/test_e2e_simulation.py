@@ -13,7 +13,8 @@ from fedpers.simulation import run_simulation
 
 pytestmark = pytest.mark.slow
 
-BASE = {"task": "digits", "num-clients": 3, "num-server-rounds": 2, "local-epochs": 1,
+BASE = {"task": "digits", "num-clients": 3, "num-server-rounds": 2, "local-epochs": 2,
+        "momentum": 0.9,
         "partition": "iid", "batch-size": 32, "lr": 0.1}
 
 CONTRACT = ["eval/global_accuracy", "eval/client_accuracy_mean", "eval/client_accuracy_std",

@@ -64,7 +64,9 @@ def _label_dataset(order: np.ndarray, labels: np.ndarray):
     """A local in-memory ``datasets.Dataset`` with an ``idx`` and a ``label`` column."""
     import datasets
 
-    return datasets.Dataset.from_dict({"idx": order, "label": labels[order]})
+    # Arrow format: a column read (by us and inside the partitioners) is one vectorised
+    # copy; the default Python format reads a column row by row (seconds for 60k rows).
+    return datasets.Dataset.from_dict({"idx": order, "label": labels[order]}).with_format("arrow")
 
 
 def _collect(partitioner, num_clients: int) -> list[np.ndarray]:

@@ -1,0 +1,530 @@
+"""Benchmarks as data: a folder with a README, a base config, variants and seeds.
+
+A benchmark lives in ``benchmarks/NAME/``::
+
+    README.md        the question, the expected outcome, the table it produced
+    benchmark.toml   seeds = [..], target-accuracy = 0.7 (optional),
+                     [base] run-config keys shared by every run,
+                     [variants.NAME] the keys one variant changes,
+                     [quick] overrides for ``--quick`` (optional)
+
+``fedpers bench benchmarks/NAME`` runs every variant x seed through
+:func:`fedpers.simulation.run_simulation` (the path of ``fedpers run``), each as a
+child of one MLflow parent run. A sweep that crashed or was interrupted resumes:
+finished children are found by their config digest and not run again, and the
+parent is found by the benchmark name and the hash of the resolved sweep.
+
+Merge order of one run's config: ``[base]`` -> ``[variants.NAME]`` -> (``--quick``:
+:data:`QUICK_DEFAULTS` -> ``[quick]``) -> ``seed`` -> (``--rounds``:
+``num-server-rounds``) -> ``experiment`` and ``tracking-uri``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from fedpers.config import ConfigError, RunConfig, parse_run_config
+
+logger = logging.getLogger(__name__)
+
+DEFINITION_FILE = "benchmark.toml"
+TOP_LEVEL_KEYS = ("seeds", "target-accuracy", "base", "variants", "quick")
+# Set by the runner, never by a benchmark: one seed per run comes from ``seeds``.
+RESERVED_KEYS = ("seed", "experiment", "tracking-uri", "mlflow-run-id")
+# ``--quick``: a few seconds per run on the digits task; a benchmark's [quick] wins.
+QUICK_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "task": "digits", "data-dir": "", "num-clients": 3, "num-server-rounds": 2,
+    "fraction-train": 1.0, "fraction-evaluate": 1.0, "local-epochs": 1,
+    "max-samples-per-client": 0, "eval-every": 1,
+})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# MLflow tags: the contract between ``fedpers bench`` and ``fedpers report``.
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+TAG_BENCH = "fedpers.bench.name"
+TAG_HASH = "fedpers.bench.hash"
+TAG_VARIANTS = "fedpers.bench.variants"
+TAG_SEEDS = "fedpers.bench.seeds"
+TAG_TARGET = "fedpers.bench.target_accuracy"
+TAG_QUICK = "fedpers.bench.quick"
+TAG_VARIANT = "fedpers.bench.variant"
+TAG_SEED = "fedpers.bench.seed"
+TAG_DIGEST = "fedpers.config_digest"
+
+
+class BenchmarkError(ConfigError):
+    """A benchmark definition is malformed; raised before anything runs."""
+
+
+# ----------------------------------------------------------------- definition
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a benchmark: the run-config keys it changes relative to ``[base]``."""
+
+    name: str
+    overrides: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A parsed ``benchmark.toml`` (see the module docstring)."""
+
+    name: str
+    folder: Path
+    base: Mapping[str, Any]
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    target_accuracy: float | None = None
+    quick: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One child run of a sweep: a variant, a seed and the validated config."""
+
+    variant: str
+    seed: int
+    cfg: RunConfig
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.variant}/seed={self.seed}"
+
+    @property
+    def digest(self) -> str:
+        return self.cfg.digest()
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What one ``fedpers bench`` call did; run ids are MLflow run ids."""
+
+    parent_run_id: str
+    experiment: str
+    tracking_uri: str
+    ran: tuple[str, ...]
+    reused: tuple[str, ...]
+    failed: tuple[str, ...]
+
+
+def _error(folder: Path, message: str) -> BenchmarkError:
+    return BenchmarkError(f"benchmark {str(folder)!r}: {message}")
+
+
+def _read_definition(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise BenchmarkError(f"benchmark folder {str(folder)!r} does not exist")
+    path = folder / DEFINITION_FILE
+    if not path.is_file():
+        raise _error(folder, f"no {DEFINITION_FILE} in the folder")
+    if not (folder / "README.md").is_file():
+        raise _error(folder, "no README.md stating the question and the expected outcome")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise _error(folder, f"{DEFINITION_FILE} is not valid TOML: {exc}") from exc
+
+
+def _table(folder: Path, data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise _error(folder, f"[{key}] must be a table of run-config keys")
+    reserved = sorted(set(value) & set(RESERVED_KEYS))
+    if reserved:
+        raise _error(folder, f"[{key}] sets {', '.join(reserved)}, which the runner sets "
+                             f"(seeds come from 'seeds = [...]')")
+    return dict(value)
+
+
+def _seeds(folder: Path, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise _error(folder, "'seeds' must be a non-empty list of integers, e.g. seeds = [0, 1, 2]")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise _error(folder, f"'seeds' must hold integers >= 0, got {value!r}")
+    if len(set(value)) != len(value):
+        raise _error(folder, f"'seeds' lists a seed twice: {value!r}")
+    return tuple(value)
+
+
+def _target(folder: Path, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise _error(folder, f"'target-accuracy' must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_config(folder: Path, where: str, raw: Mapping[str, Any]) -> RunConfig:
+    try:
+        return parse_run_config(raw)
+    except BenchmarkError:
+        raise
+    except ConfigError as exc:
+        raise _error(folder, f"{where}: {exc}") from exc
+
+
+def _variants(folder: Path, data: Mapping[str, Any], base: Mapping[str, Any]
+              ) -> tuple[Variant, ...]:
+    tables = data.get("variants")
+    if not isinstance(tables, dict) or not tables:
+        raise _error(folder, "declare at least one variant as a [variants.NAME] table")
+    base_cfg = _check_config(folder, "[base]", base).to_dict()
+    variants = []
+    for name, overrides in tables.items():
+        where = f"[variants.{name}]"
+        if not _NAME.match(name):
+            raise _error(folder, f"{where}: a variant name is letters, digits, '_', '.', '-'")
+        overrides = _table(folder, tables, name)
+        if not overrides:
+            raise _error(folder, f"{where} overrides nothing; a variant sets the keys it varies")
+        merged = _check_config(folder, where, {**base, **overrides}).to_dict()
+        if all(k in base and merged[k] == base_cfg[k] for k in overrides):
+            raise _error(folder, f"{where} only repeats [base] values "
+                                 f"({', '.join(sorted(overrides))}); it varies nothing")
+        variants.append(Variant(name, MappingProxyType(dict(overrides))))
+    return tuple(variants)
+
+
+def load_benchmark(folder: str | Path) -> Benchmark:
+    """Read and validate ``folder/benchmark.toml``.
+
+    Parameters
+    ----------
+    folder
+        The benchmark folder; its name is the benchmark's name.
+
+    Returns
+    -------
+    Benchmark
+        The parsed definition. Every variant's merged config is validated with
+        :func:`fedpers.config.parse_run_config`.
+
+    Raises
+    ------
+    BenchmarkError
+        An unknown top-level or run-config key, a bad value, an empty seed list, or a
+        variant that is empty, only repeats ``[base]`` or equals another variant.
+    """
+    path = Path(folder)
+    data = _read_definition(path)
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise _error(path, f"unknown key(s) {', '.join(map(repr, unknown))} in "
+                           f"{DEFINITION_FILE}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    if "seeds" not in data:
+        raise _error(path, "'seeds' is missing, e.g. seeds = [0, 1, 2]")
+    base = _table(path, data, "base")
+    quick = _table(path, data, "quick")
+    bench = Benchmark(name=path.resolve().name, folder=path, base=MappingProxyType(base),
+                      variants=_variants(path, data, base), seeds=_seeds(path, data["seeds"]),
+                      target_accuracy=_target(path, data.get("target-accuracy")),
+                      quick=MappingProxyType(quick))
+    _check_distinct(bench)
+    return bench
+
+
+def _check_distinct(bench: Benchmark) -> None:
+    seen: dict[str, str] = {}
+    for v in bench.variants:
+        digest = parse_run_config({**bench.base, **v.overrides}).digest()
+        if digest in seen:
+            raise _error(bench.folder, f"variants {seen[digest]!r} and {v.name!r} give the "
+                                       f"same config")
+        seen[digest] = v.name
+
+
+# ----------------------------------------------------------------------- plan
+def select_seeds(seeds: tuple[int, ...], n: int | None, quick: bool = False) -> tuple[int, ...]:
+    """The seeds a sweep runs.
+
+    ``n`` given: the first ``n`` listed seeds, or ``0 .. n-1`` when the file lists
+    fewer than ``n``. ``n`` not given: every listed seed, or only the first under
+    ``--quick``.
+    """
+    if n is None:
+        return seeds[:1] if quick else seeds
+    if n < 1:
+        raise BenchmarkError(f"--seeds must be >= 1, got {n}")
+    return seeds[:n] if n <= len(seeds) else tuple(range(n))
+
+
+def merge_config(bench: Benchmark, variant: Variant, seed: int, *, rounds: int | None = None,
+                 quick: bool = False, experiment: str = "", tracking_uri: str = ""
+                 ) -> dict[str, Any]:
+    """One run's raw config, merged in the order given in the module docstring."""
+    raw: dict[str, Any] = {**bench.base, **variant.overrides}
+    if quick:
+        raw.update(QUICK_DEFAULTS)
+        raw.update(bench.quick)
+    raw["seed"] = seed
+    if rounds is not None:
+        raw["num-server-rounds"] = rounds
+    if experiment:
+        raw["experiment"] = experiment
+    if tracking_uri:
+        raw["tracking-uri"] = tracking_uri
+    return raw
+
+
+def plan_runs(bench: Benchmark, *, seeds: int | None = None, rounds: int | None = None,
+              quick: bool = False, experiment: str = "", tracking_uri: str = ""
+              ) -> tuple[PlannedRun, ...]:
+    """Every variant x seed of a sweep, each config validated before anything runs."""
+    runs = []
+    for variant in bench.variants:
+        for seed in select_seeds(bench.seeds, seeds, quick):
+            raw = merge_config(bench, variant, seed, rounds=rounds, quick=quick,
+                               experiment=experiment, tracking_uri=tracking_uri)
+            where = f"[variants.{variant.name}] seed {seed}"
+            runs.append(PlannedRun(variant.name, seed, _check_config(bench.folder, where, raw)))
+    return tuple(runs)
+
+
+def sweep_hash(bench: Benchmark, runs: tuple[PlannedRun, ...], quick: bool = False) -> str:
+    """Identity of a sweep: what it runs, not where it logs (store, experiment)."""
+    doc = {"name": bench.name, "target": bench.target_accuracy, "quick": quick,
+           "runs": [[r.variant, r.seed, r.digest] for r in runs]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_experiment(bench: Benchmark, quick: bool = False) -> str:
+    """The benchmark's name; ``NAME-quick`` for ``--quick`` sweeps."""
+    return f"{bench.name}-quick" if quick else bench.name
+
+
+# --------------------------------------------------------------------- MLflow
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def find_parent(client: Any, experiment_id: str, name: str, digest: str) -> str | None:
+    """The most recent parent run of this benchmark + sweep hash, if any."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_BENCH}` = '{_quote(name)}' and "
+                      f"tags.`{TAG_HASH}` = '{digest}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def child_runs(client: Any, experiment_id: str, parent_id: str) -> list[Any]:
+    """Every child of ``parent_id`` (any status), oldest first."""
+    return list(client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'",
+        order_by=["attributes.start_time ASC"], max_results=10_000))
+
+
+def _open_parent(bench: Benchmark, runs: tuple[PlannedRun, ...], digest: str, quick: bool,
+                 experiment: str, uri: str) -> tuple[Any, str, str]:
+    from fedpers.tracking import Tracker
+
+    client = Tracker.connect(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    parent = find_parent(client, exp_id, bench.name, digest)
+    if parent is not None:
+        logger.info("resuming benchmark %s: parent run %s", bench.name, parent)
+        client.set_terminated(parent, status="RUNNING")
+        return client, exp_id, parent
+    tags = {TAG_BENCH: bench.name, TAG_HASH: digest, TAG_QUICK: str(quick).lower(),
+            TAG_VARIANTS: ",".join(v.name for v in bench.variants),
+            TAG_SEEDS: ",".join(str(s) for s in sorted({r.seed for r in runs}))}
+    if bench.target_accuracy is not None:
+        tags[TAG_TARGET] = repr(bench.target_accuracy)
+    name = f"{bench.name} (quick)" if quick else bench.name
+    tracker = Tracker.start(uri, experiment, run_name=name, tags=tags)
+    definition = bench.folder / DEFINITION_FILE
+    tracker.log_file(definition)
+    tracker.log_json({r.run_name: r.cfg.to_dict() for r in runs}, "sweep.json")
+    logger.info("benchmark %s: parent run %s in experiment %r", bench.name, tracker.run_id,
+                experiment)
+    return client, exp_id, tracker.run_id
+
+
+def _finished_children(client: Any, exp_id: str, parent: str) -> dict[tuple[str, str], str]:
+    """(variant, config digest) -> run id of finished children; stale ones marked KILLED."""
+    done: dict[tuple[str, str], str] = {}
+    for run in child_runs(client, exp_id, parent):
+        key = (run.data.tags.get(TAG_VARIANT, ""), run.data.tags.get(TAG_DIGEST, ""))
+        if run.info.status == "FINISHED":
+            done.setdefault(key, run.info.run_id)
+        elif run.info.status == "RUNNING":
+            logger.warning("child run %s (%s) was left running by an interrupted sweep; "
+                           "marking it KILLED and running it again", run.info.run_id,
+                           run.data.tags.get(TAG_RUN_NAME, "?"))
+            client.set_terminated(run.info.run_id, status="KILLED")
+    return done
+
+
+# ------------------------------------------------------------------- progress
+@contextmanager
+def _watch_rounds(client: Any, run_id: str, on_round: Callable[[int], None],
+                  every_s: float = 2.0) -> Iterator[None]:
+    """Report the last logged round of ``run_id`` every ``every_s`` seconds."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            try:
+                hist = client.get_metric_history(run_id, "comm/bytes_up_total")
+            except Exception:  # noqa: BLE001 - progress is best effort
+                continue
+            if hist:
+                on_round(max(m.step for m in hist))
+
+    thread = threading.Thread(target=poll, name="fedpers-bench-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every_s + 1)
+
+
+class _Progress:
+    """A tqdm bar over every round of the sweep: its rate gives the time left."""
+
+    def __init__(self, runs: tuple[PlannedRun, ...], done: set[int], enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        total = sum(r.cfg.num_server_rounds for r in runs)
+        initial = sum(runs[i].cfg.num_server_rounds for i in done)
+        self.bar = tqdm(total=total, initial=initial, unit="round", disable=not enabled,
+                        desc=f"sweep ({len(done)}/{len(runs)} runs done)", dynamic_ncols=True)
+        self.finished_rounds = initial
+        self.finished_runs = len(done)
+        self.num_runs = len(runs)
+        self._lock = threading.Lock()
+
+    def at_round(self, rnd: int) -> None:
+        with self._lock:
+            target = self.finished_rounds + rnd
+            if target > self.bar.n:
+                self.bar.update(target - self.bar.n)
+
+    def run_done(self, run: PlannedRun) -> None:
+        with self._lock:
+            self.finished_rounds += run.cfg.num_server_rounds
+            self.finished_runs += 1
+            self.bar.update(self.finished_rounds - self.bar.n)
+            self.bar.set_description(f"sweep ({self.finished_runs}/{self.num_runs} runs done)")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ------------------------------------------------------------------------ run
+def _run_child(run: PlannedRun, bench: Benchmark, parent: str, client: Any,
+               progress: _Progress, verbose: bool) -> str:
+    from fedpers.simulation import run_simulation
+    from fedpers.tracking import Tracker
+
+    tags = {TAG_PARENT: parent, TAG_BENCH: bench.name, TAG_VARIANT: run.variant,
+            TAG_SEED: str(run.seed), TAG_DIGEST: run.digest}
+    tracker = Tracker.start(run.cfg.tracking_uri, run.cfg.experiment, run_name=run.run_name,
+                            tags=tags)
+    progress.bar.set_postfix_str(run.run_name)
+    logger.info("running %s (child run %s)", run.run_name, tracker.run_id)
+    cfg = run.cfg.replace(**{"mlflow-run-id": tracker.run_id})
+    with _watch_rounds(client, tracker.run_id, progress.at_round):
+        return run_simulation(cfg, run_name=run.run_name, verbose=verbose)
+
+
+@contextmanager
+def _redirect_logging(enabled: bool) -> Iterator[None]:
+    """Route console log lines through tqdm so they do not break the bar."""
+    if not enabled:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    loggers = [lg for lg in map(logging.getLogger, ("", "fedpers", "flwr"))
+               if any(type(h) is logging.StreamHandler for h in lg.handlers)]
+    with logging_redirect_tqdm(loggers):
+        yield
+
+
+def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int | None = None,
+                  quick: bool = False, experiment: str = "", tracking_uri: str = "",
+                  progress: bool = True, verbose: bool = False) -> SweepResult:
+    """Run (or resume) every variant x seed of a benchmark as MLflow child runs.
+
+    Parameters
+    ----------
+    folder
+        The benchmark folder.
+    seeds
+        Run the first ``seeds`` listed seeds (``0 .. seeds-1`` if fewer are listed).
+    rounds
+        Override ``num-server-rounds`` of every run.
+    quick
+        Small budget (:data:`QUICK_DEFAULTS`, then ``[quick]``), first seed only
+        unless ``seeds`` is given.
+    experiment
+        MLflow experiment ('' = :func:`default_experiment`).
+    tracking_uri
+        MLflow store ('' = ``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
+    progress
+        Show a progress bar with the estimated time left.
+    verbose
+        Flower's verbose logging.
+
+    Returns
+    -------
+    SweepResult
+        The parent run id and which child runs ran, were reused or failed.
+    """
+    from fedpers.tracking import resolve_tracking_uri
+
+    bench = load_benchmark(folder)
+    uri = resolve_tracking_uri(tracking_uri)
+    experiment = experiment or default_experiment(bench, quick)
+    runs = plan_runs(bench, seeds=seeds, rounds=rounds, quick=quick, experiment=experiment,
+                     tracking_uri=uri)
+    digest = sweep_hash(bench, runs, quick)
+    client, exp_id, parent = _open_parent(bench, runs, digest, quick, experiment, uri)
+    done = _finished_children(client, exp_id, parent)
+    reused_idx = {i for i, r in enumerate(runs) if (r.variant, r.digest) in done}
+    logger.info("benchmark %s: %d runs (%d variants x %d seeds), %d already finished",
+                bench.name, len(runs), len(bench.variants), len(runs) // len(bench.variants),
+                len(reused_idx))
+    ran, failed = [], []
+    bar = _Progress(runs, reused_idx, progress)
+    started = time.perf_counter()
+    try:
+        with _redirect_logging(progress):
+            for i, run in enumerate(runs):
+                if i in reused_idx:
+                    continue
+                try:
+                    ran.append(_run_child(run, bench, parent, client, bar, verbose))
+                except Exception:  # noqa: BLE001 - one failed run must not stop the sweep
+                    logger.exception("run %s failed; the sweep goes on", run.run_name)
+                    failed.append(run.run_name)
+                bar.run_done(run)
+    except BaseException:
+        client.set_terminated(parent, status="KILLED")
+        raise
+    finally:
+        bar.close()
+    client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
+    logger.info("benchmark %s finished in %.0f s: %d ran, %d reused, %d failed",
+                bench.name, time.perf_counter() - started, len(ran), len(reused_idx),
+                len(failed))
+    return SweepResult(parent_run_id=parent, experiment=experiment, tracking_uri=uri,
+                       ran=tuple(ran), reused=tuple(done[(runs[i].variant, runs[i].digest)]
+                                                    for i in sorted(reused_idx)),
+                       failed=tuple(failed))

@@ -1,0 +1,74 @@
+"""Tasks: data set + model family + kind of metrics, and the federated data they load.
+
+``TASKS`` maps each run-config ``task`` name to its :class:`~fedpers.data.base.Task`.
+Importing this package is cheap: torch, datasets and river are imported only
+when data is loaded or a model is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+from fedpers.data.base import ClientData, DataSpec, FederatedData, Task
+from fedpers.data.digits import DigitsTask
+from fedpers.data.fmnist import FmnistTask
+from fedpers.data.fmnist_ad import FmnistAdTask
+from fedpers.data.npz import NpzTask
+from fedpers.data.shuttle_ad import ShuttleAdTask
+
+logger = logging.getLogger(__name__)
+
+TASKS: dict[str, Task] = {
+    "digits": DigitsTask(),
+    "fmnist": FmnistTask(),
+    "npz": NpzTask(),
+    "shuttle-ad": ShuttleAdTask(),
+    "fmnist-ad": FmnistAdTask(),
+}
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name; the message lists the valid ones.
+    """
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; valid names: {', '.join(sorted(TASKS))}") \
+            from None
+
+
+@functools.lru_cache(maxsize=4)
+def load_federated(spec: DataSpec) -> FederatedData:
+    """Load, preprocess and partition the data ``spec`` describes (cached per process).
+
+    The same spec gives byte-identical arrays in any process. The result is
+    shared between callers: treat its arrays as read-only.
+    """
+    task = get_task(spec.task)
+    start = time.perf_counter()
+    data = task.load(spec)
+    if len(data.clients) != spec.num_clients:
+        raise RuntimeError(f"task {spec.task!r} built {len(data.clients)} clients, "
+                           f"expected {spec.num_clients}")
+    logger.info("loaded task %r: %d clients, %d train rows, %d global test rows in %.2fs",
+                spec.task, len(data.clients), sum(c.num_train for c in data.clients),
+                len(data.y_test), time.perf_counter() - start)
+    return data
+
+
+__all__ = [
+    "TASKS",
+    "ClientData",
+    "DataSpec",
+    "FederatedData",
+    "Task",
+    "get_task",
+    "load_federated",
+]

@@ -1,0 +1,72 @@
+"""Helpers shared by the task modules: array conventions and client assembly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from fedpers.data.base import ClientData, DataSpec
+from fedpers.data.partition import client_splits, derive_seed, split_local
+
+#: Share of each anomaly-task client's normal training rows held out as ``x_val``
+#: (threshold calibration).
+VAL_FRACTION = 0.15
+#: Share of a task's pooled data held out as the global test set when the data
+#: set has no official test split.
+GLOBAL_TEST_FRACTION = 0.2
+#: Fewest normal rows an anomaly-task client must hold before its local split.
+MIN_NORMAL_ROWS = 10
+
+# Stages of seed derivation (see :func:`derive_seed`); one per independent step.
+STAGE_GLOBAL = 0
+STAGE_CLIENTS = 1
+STAGE_VAL = 2
+STAGE_ANOMALY = 3
+
+Preprocess = Callable[[np.ndarray], np.ndarray]
+
+
+def features(x: np.ndarray) -> np.ndarray:
+    """``x`` as a C-contiguous float32 array."""
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def labels(y: np.ndarray) -> np.ndarray:
+    """``y`` as a C-contiguous int64 array."""
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def global_holdout(y: np.ndarray, seed: int,
+                   fraction: float = GLOBAL_TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of ``range(len(y))`` into (client pool, global test)."""
+    return split_local(np.arange(len(y)), y, fraction, derive_seed(seed, STAGE_GLOBAL))
+
+
+def classification_clients(x_raw: np.ndarray, y: np.ndarray, spec: DataSpec,
+                           preprocess: Preprocess) -> list[ClientData]:
+    """Partition ``(x_raw, y)`` as ``spec`` says and preprocess each client's rows."""
+    out = []
+    for train, test in client_splits(y, spec, STAGE_CLIENTS):
+        out.append(ClientData(x_train=features(preprocess(x_raw[train])),
+                              y_train=labels(y[train]),
+                              x_test=features(preprocess(x_raw[test])),
+                              y_test=labels(y[test])))
+    return out
+
+
+def normal_val_split(normal_idx: np.ndarray, strata: np.ndarray, seed: int,
+                     cid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a client's normal training rows into (fit, validation), stratified by ``strata``."""
+    return split_local(normal_idx, strata, VAL_FRACTION, derive_seed(seed, STAGE_VAL, cid))
+
+
+def too_few_normal_rows(task: str, cid: int, count: int, spec: DataSpec) -> ValueError:
+    """The error for an anomaly-task client left without enough normal rows to train on."""
+    return ValueError(
+        f"task {task!r}: client {cid} holds only {count} normal rows (needs >= "
+        f"{MIN_NORMAL_ROWS} to train and calibrate) with run-config 'partition' = "
+        f"{spec.partition!r}, 'num-clients' = {spec.num_clients}, 'alpha' = {spec.alpha}, "
+        f"'classes-per-client' = {spec.classes_per_client}, 'max-samples-per-client' = "
+        f"{spec.max_samples_per_client}; raise alpha or max-samples-per-client, lower "
+        f"num-clients, or use partition 'iid'")
