@@ -36,7 +36,8 @@ data:
 	fi
 
 demo: setup
-	$(BIN)/fedpers run --config configs/demo.toml --experiment demo --tracking-uri $(TRACKING_URI)
+	$(BIN)/fedpers bench benchmarks/quickstart --tracking-uri $(TRACKING_URI)
+	$(BIN)/fedpers report quickstart --tracking-uri $(TRACKING_URI)
 
 test: setup
 	$(BIN)/python -m pytest -q

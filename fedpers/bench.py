@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import tomllib
@@ -138,13 +139,13 @@ def _read_definition(folder: Path) -> dict[str, Any]:
         raise _error(folder, f"{DEFINITION_FILE} is not valid TOML: {exc}") from exc
 
 
-def _table(folder: Path, data: Mapping[str, Any], key: str) -> dict[str, Any]:
+def _table(folder: Path, data: Mapping[str, Any], key: str, label: str) -> dict[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, dict):
-        raise _error(folder, f"[{key}] must be a table of run-config keys")
+        raise _error(folder, f"{label} must be a table of run-config keys")
     reserved = sorted(set(value) & set(RESERVED_KEYS))
     if reserved:
-        raise _error(folder, f"[{key}] sets {', '.join(reserved)}, which the runner sets "
+        raise _error(folder, f"{label} sets {', '.join(reserved)}, which the runner sets "
                              f"(seeds come from 'seeds = [...]')")
     return dict(value)
 
@@ -187,7 +188,7 @@ def _variants(folder: Path, data: Mapping[str, Any], base: Mapping[str, Any]
         where = f"[variants.{name}]"
         if not _NAME.match(name):
             raise _error(folder, f"{where}: a variant name is letters, digits, '_', '.', '-'")
-        overrides = _table(folder, tables, name)
+        overrides = _table(folder, tables, name, where)
         if not overrides:
             raise _error(folder, f"{where} overrides nothing; a variant sets the keys it varies")
         merged = _check_config(folder, where, {**base, **overrides}).to_dict()
@@ -226,13 +227,14 @@ def load_benchmark(folder: str | Path) -> Benchmark:
                            f"{DEFINITION_FILE}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     if "seeds" not in data:
         raise _error(path, "'seeds' is missing, e.g. seeds = [0, 1, 2]")
-    base = _table(path, data, "base")
-    quick = _table(path, data, "quick")
+    base = _table(path, data, "base", "[base]")
+    quick = _table(path, data, "quick", "[quick]")
     bench = Benchmark(name=path.resolve().name, folder=path, base=MappingProxyType(base),
                       variants=_variants(path, data, base), seeds=_seeds(path, data["seeds"]),
                       target_accuracy=_target(path, data.get("target-accuracy")),
                       quick=MappingProxyType(quick))
     _check_distinct(bench)
+    _check_quick(bench)
     return bench
 
 
@@ -244,6 +246,13 @@ def _check_distinct(bench: Benchmark) -> None:
             raise _error(bench.folder, f"variants {seen[digest]!r} and {v.name!r} give the "
                                        f"same config")
         seen[digest] = v.name
+
+
+def _check_quick(bench: Benchmark) -> None:
+    """``[quick]`` is checked on every load, so a typo there fails full sweeps too."""
+    for v in bench.variants:
+        _check_config(bench.folder, f"[quick] applied to [variants.{v.name}]",
+                      {**bench.base, **v.overrides, **QUICK_DEFAULTS, **bench.quick})
 
 
 # ----------------------------------------------------------------------- plan
@@ -451,8 +460,13 @@ def _redirect_logging(enabled: bool) -> Iterator[None]:
         return
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    def to_console(h: logging.Handler) -> bool:
+        return (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                and h.stream in (sys.stdout, sys.stderr))
+
+    # only loggers that print: a handler added to the root would print Flower's lines twice
     loggers = [lg for lg in map(logging.getLogger, ("", "fedpers", "flwr"))
-               if any(type(h) is logging.StreamHandler for h in lg.handlers)]
+               if any(map(to_console, lg.handlers))]
     with logging_redirect_tqdm(loggers):
         yield
 

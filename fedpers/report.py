@@ -36,7 +36,7 @@ import numpy as np
 
 from fedpers.bench import (
     TAG_BENCH,
-    TAG_PARENT,
+    TAG_HASH,
     TAG_RUN_NAME,
     TAG_TARGET,
     TAG_VARIANT,
@@ -118,15 +118,14 @@ def _looks_like_run_id(text: str) -> bool:
 
 
 def _latest_parent(client: Any, experiment_id: str, name: str) -> str:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_BENCH}` LIKE '%'",
-                              order_by=["attributes.start_time DESC"], max_results=200)
-    parents = [r for r in runs if TAG_PARENT not in r.data.tags]
+    parents = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_HASH}` LIKE '%'",
+                                 order_by=["attributes.start_time DESC"], max_results=2)
     if not parents:
         raise ReportError(f"experiment {name!r} has no benchmark parent run "
                           f"(run `fedpers bench` first)")
     if len(parents) > 1:
-        logger.info("experiment %r holds %d benchmark sweeps; reporting the latest, %s",
-                    name, len(parents), parents[0].info.run_id)
+        logger.info("experiment %r holds more than one benchmark sweep; reporting the "
+                    "latest, %s", name, parents[0].info.run_id)
     return parents[0].info.run_id
 
 

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+_PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
 class TrackingError(RuntimeError):
     """The MLflow store cannot be reached or the run cannot be used."""
 
@@ -80,11 +83,20 @@ class Tracker:
                 raise TrackingError(f"cannot open MLflow store {uri}: folder {parent} "
                                     f"does not exist")
         client = MlflowClient(tracking_uri=uri)
+        # one quick probe, without MLflow's minutes of HTTP retries
+        saved = {k: os.environ.get(k) for k in _PROBE_ENV}
+        os.environ.update(_PROBE_ENV)
         try:
             client.search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - any failure means unreachable
             raise TrackingError(f"cannot reach the MLflow store at {uri}: "
                                 f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         return client
 
     @classmethod

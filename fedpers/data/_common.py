@@ -68,5 +68,5 @@ def too_few_normal_rows(task: str, cid: int, count: int, spec: DataSpec) -> Valu
         f"{MIN_NORMAL_ROWS} to train and calibrate) with run-config 'partition' = "
         f"{spec.partition!r}, 'num-clients' = {spec.num_clients}, 'alpha' = {spec.alpha}, "
         f"'classes-per-client' = {spec.classes_per_client}, 'max-samples-per-client' = "
-        f"{spec.max_samples_per_client}; raise alpha or max-samples-per-client, lower "
-        f"num-clients, or use partition 'iid'")
+        f"{spec.max_samples_per_client}; raise alpha, lower num-clients, or use partition "
+        f"'iid'")

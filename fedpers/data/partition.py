@@ -192,7 +192,7 @@ def split_local(indices: np.ndarray, labels: np.ndarray, test_fraction: float,
     Each label contributes ``round(count * test_fraction)`` samples to the test
     part (a seeded per-label permutation), but always keeps at least one in
     train, so labels with a single sample go to train. If that leaves the test
-    part empty while the client has two or more samples, one sample of its most
+    part empty while some label has two or more samples, one sample of the most
     frequent label moves to test, so every such client can be evaluated.
 
     Parameters
@@ -225,7 +225,7 @@ def split_local(indices: np.ndarray, labels: np.ndarray, test_fraction: float,
         train.append(members[n_test:])
     train_idx = np.sort(np.concatenate(train)) if train else np.zeros(0, np.int64)
     test_idx = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
-    if test_fraction > 0 and len(test_idx) == 0 and len(idx) >= 2:
+    if test_fraction > 0 and len(test_idx) == 0 and counts.max(initial=0) >= 2:
         c = classes[np.argmax(counts)]
         pick = rng.choice(train_idx[_as_labels(labels)[train_idx] == c])
         train_idx = train_idx[train_idx != pick]

@@ -110,9 +110,14 @@ class ShuttleAdTask:
         """Client partitions (indices into ``y``), each with enough normal rows."""
         worst = (0, 0)
         for draw in range(MAX_DRAWS):
-            parts = partition_indices(y, spec.num_clients, spec.partition, alpha=spec.alpha,
-                                      classes_per_client=spec.classes_per_client,
-                                      seed=derive_seed(spec.seed, STAGE_CLIENTS, 1, draw))
+            try:
+                parts = partition_indices(y, spec.num_clients, spec.partition, alpha=spec.alpha,
+                                          classes_per_client=spec.classes_per_client,
+                                          seed=derive_seed(spec.seed, STAGE_CLIENTS, 1, draw))
+            except ValueError:
+                if spec.partition != "dirichlet" or draw == MAX_DRAWS - 1:
+                    raise
+                continue  # the partitioner's own redraws failed; try a fresh seed
             parts = [cap_indices(p, y, spec.max_samples_per_client,
                                  derive_seed(spec.seed, STAGE_CLIENTS, 2, cid))
                      for cid, p in enumerate(parts)]
