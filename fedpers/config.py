@@ -127,7 +127,9 @@ class RunConfig:
 
     @property
     def anomaly_class_list(self) -> tuple[int, ...]:
-        return tuple(int(p) for p in self.anomaly_classes.split(",")) if self.anomaly_classes else ()
+        if not self.anomaly_classes:
+            return ()
+        return tuple(int(p) for p in self.anomaly_classes.split(","))
 
 
 _FIELDS = {f.metadata["key"]: f for f in fields(RunConfig)}

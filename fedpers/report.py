@@ -327,6 +327,9 @@ def _plot_curves(groups: Mapping[str, Sequence[ChildRun]], x_key: str | None,
         ax.set_xscale("log")
         ax.set_xlabel("cumulative uplink bytes (all clients)")
     else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("server round")
     ax.set_ylabel("global accuracy (mean over seeds)")
     ax.set_title(title)

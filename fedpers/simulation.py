@@ -67,8 +67,8 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     starts, so an unreachable store fails fast.
     """
     from flwr.app import Context, RecordDict
-    from flwr.supercore.telemetry import EventType
     from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
 
     from fedpers.client_app import app as default_client_app
     from fedpers.server_app import app as default_server_app

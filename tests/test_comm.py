@@ -42,8 +42,8 @@ def test_fp32_payload_is_raw_size_plus_bounded_framing():
         {k: Array(v.detach().numpy()) for k, v in model.state_dict().items()})})
     size = content_bytes(arrays_only)
     assert size >= 4 * n_params
-    # framing: a header and a JSON body per array, chunk and record
-    assert size - 4 * n_params < 400 * n_arrays + 400
+    # framing: a header and a JSON body per array, chunk and record (~480 B an array)
+    assert size - 4 * n_params < 600 * n_arrays + 600
 
 
 def test_size_grows_exactly_with_payload():
