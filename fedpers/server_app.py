@@ -53,6 +53,9 @@ from strategies import STRATEGIES
 logger = logging.getLogger("fedpers")
 
 SEED_INIT, SEED_SELECT, SEED_EVAL_SELECT = 10, 11, 12
+# Clients' first reply includes process start-up and data loading: give the handshake
+# at least this long even when round-timeout is short.
+MIN_HANDSHAKE_TIMEOUT = 120.0
 
 
 def _ensure_logging() -> None:
@@ -99,6 +102,7 @@ class Experiment:
         self.model = self.task.build_model(self.fed.input_shape, self.fed.num_classes)
         self.global_arrays = {k: v.detach().cpu().numpy().copy()
                               for k, v in self.model.state_dict().items()}
+        self.handshake_timeout = max(cfg.round_timeout, MIN_HANDSHAKE_TIMEOUT)
         self.threshold: float | None = None
         self.last_clients: list[dict[str, Any]] = []
 
@@ -114,7 +118,7 @@ class Experiment:
 
     def train_round(self, rnd: int, out: RoundLog) -> None:
         cfg = self.cfg
-        refresh_roster(self.grid, self.roster, cfg.num_clients, cfg.round_timeout)
+        refresh_roster(self.grid, self.roster, cfg.num_clients, self.handshake_timeout)
         available = self.roster.partitions()
         num = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
         rng = np.random.default_rng(derive_seed(cfg.seed, SEED_SELECT, rnd))
@@ -216,8 +220,8 @@ class Experiment:
     def run(self) -> None:
         cfg = self.cfg
         _ensure_logging()
-        nodes = wait_for_nodes(self.grid, cfg.num_clients, cfg.round_timeout)
-        refresh_roster(self.grid, self.roster, cfg.num_clients, cfg.round_timeout)
+        nodes = wait_for_nodes(self.grid, cfg.num_clients, self.handshake_timeout)
+        refresh_roster(self.grid, self.roster, cfg.num_clients, self.handshake_timeout)
         if not self.roster.partition_of:
             raise RuntimeError(f"no client answered the handshake ({len(nodes)} nodes "
                                f"connected); nothing to train")

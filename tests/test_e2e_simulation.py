@@ -110,3 +110,15 @@ def test_faulty_clients_are_counted_not_averaged(tracking_uri):
     assert [v for _, v in hist["clients/failed"]] == [1, 1]
     assert [v for _, v in hist["clients/rejected"]] == [2, 2]
     assert np.isfinite([v for _, v in hist["eval/global_accuracy"]]).all()
+
+
+def test_client_past_the_round_timeout_is_counted_failed(tracking_uri):
+    from fedpers.client_app import build_client_app
+    from fedpers.faults import fault_mod
+
+    cfg = parse_run_config({**BASE, "tracking-uri": tracking_uri, "round-timeout": 5.0})
+    app = build_client_app(mods=[fault_mod({2: "hang"}, hang_seconds=8.0)])
+    run_id = run_simulation(cfg, client_app=app)
+    hist = metric_history(tracking_uri, run_id)
+    assert [v for _, v in hist["clients/failed"]] == [1, 1]
+    assert [v for _, v in hist["clients/trained"]] == [2, 2]
