@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.fn(args))
-    except (ConfigError, DetectError, TrackingError, FileNotFoundError) as exc:
+    except (ConfigError, DetectError, TrackingError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -55,3 +55,15 @@ def test_argparse_errors_exit_nonzero(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+def test_missing_data_fails_before_any_run_is_recorded(capsys, tmp_path, tracking_uri):
+    assert main(["run", "--set", "task=fmnist", f"data-dir={tmp_path}",
+                 "--tracking-uri", tracking_uri]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz" in err and "data-dir" in err
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exps = client.search_experiments()
+    assert not client.search_runs([e.experiment_id for e in exps])
