@@ -8,10 +8,14 @@ client builds and evaluates its own model. The one ClientApp
 
 from clients.base import LocalContext, LocalUpdate, Personalizer
 from clients.none import NoPersonalization
+from clients.proximal import ProximalUpdate
+from clients.scaffold import ScaffoldUpdate
 from clients.sgd import SGDUpdate
 
 LOCAL_UPDATES: dict[str, LocalUpdate] = {
     "sgd": SGDUpdate(),
+    "proximal": ProximalUpdate(),
+    "scaffold": ScaffoldUpdate(),
 }
 
 PERSONALIZERS: dict[str, Personalizer] = {

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -27,6 +28,12 @@ class LocalContext:
     device: torch.device
     state: Any  # flwr.app.RecordDict: this client's state, kept across rounds
     server_config: dict[str, Any]  # the ConfigRecord that came with the message
+    # ArrayRecords that came with the message besides the model ("arrays"), by record
+    # name (e.g. SCAFFOLD's server control variate "control").
+    server_arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # ArrayRecords a local update rule sends back besides the model, by record name;
+    # the ClientApp keeps only the shared parameter names (private ones never leave).
+    reply_arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 class LocalUpdate(Protocol):

@@ -6,7 +6,9 @@ Message contract (what the ServerApp sends and expects back):
 - ``train``: in ``ArrayRecord`` "arrays" (global shared parameters) and
   ``ConfigRecord`` "config" (``server-round``); out ``ArrayRecord`` "arrays" (the
   encoded shared parameters) and ``MetricRecord`` "metrics" (``num-examples``,
-  ``train-loss``, ``steps``, ``partition-id``).
+  ``train-loss``, ``steps``, ``partition-id``). A strategy may add ArrayRecords both
+  ways (``StrategySpec.extra_records``, e.g. SCAFFOLD's ``control``): the local update
+  rule reads them from ``LocalContext.server_arrays`` and fills ``reply_arrays``.
 - ``evaluate``: same input; out ``MetricRecord`` "metrics" with ``num-examples``,
   ``partition-id`` and the task's metrics of the client's own model on its local
   test part (``accuracy``/``loss``; anomaly tasks also ``auroc``, ``auprc``,
@@ -16,20 +18,20 @@ Message contract (what the ServerApp sends and expects back):
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import LOCAL_UPDATES, PERSONALIZERS, LocalContext
 from fedpers import metrics as fm
-from fedpers.codecs import CODECS
+from fedpers.compression import encode_reply_arrays, received_arrays
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
+from fedpers.rounds import to_array_record
 from fedpers.training import anomaly_scores, derive_seed, evaluate, resolve_device
 from strategies import STRATEGIES
 
@@ -76,16 +78,27 @@ def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Modul
     lc = LocalContext(cfg=cfg, data=fed.clients[pid], kind=fed.kind, server_round=rnd,
                       partition_id=pid, seed=derive_seed(cfg.seed, SEED_TRAIN, rnd, pid),
                       device=resolve_device(cfg.device), state=context.state,
-                      server_config=server_cfg)
+                      server_config=server_cfg,
+                      server_arrays={name: {k: a.numpy() for k, a in rec.items()}
+                                     for name, rec in msg.content.array_records.items()
+                                     if name != "arrays"})
     torch.manual_seed(lc.seed)
     model = task.build_model(fed.input_shape, fed.num_classes)
-    incoming = msg.content["arrays"].to_torch_state_dict()
+    incoming = _incoming(msg, cfg, model)
     missing = set(incoming) - set(model.state_dict())
     if missing:
         raise ValueError(f"server sent parameters this model does not have: {sorted(missing)}")
     model.load_state_dict(incoming, strict=False)
     PERSONALIZERS[cfg.personalization].prepare(model, lc)
     return lc, model
+
+
+def _incoming(msg: Message, cfg: RunConfig, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The broadcast model, decoded when the server compresses it (``codec-down``)."""
+    if cfg.codec_down == "none":
+        return msg.content["arrays"].to_torch_state_dict()
+    decoded = received_arrays(cfg, msg.content["arrays"], _shared_arrays(model, set()))
+    return {k: torch.from_numpy(v) for k, v in decoded.items()}
 
 
 def _shared_arrays(model: torch.nn.Module, private: set[str]) -> dict[str, np.ndarray]:
@@ -102,12 +115,17 @@ def train(msg: Message, context: Context) -> Message:
     shared = _shared_arrays(model, personalizer.private_keys(model))
     rng = np.random.default_rng(derive_seed(cfg.seed, SEED_CODEC, lc.server_round,
                                             lc.partition_id))
-    payload = CODECS[cfg.codec].encode(shared, rng)
-    arrays = ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v)))
-                                     for k, v in payload.items()))
+    # lossy codecs send the update against what was received (issue 6, fedpers.compression)
+    arrays, codec_metrics = encode_reply_arrays(cfg, shared, msg.content["arrays"],
+                                                _shared_arrays(model, set()), rng,
+                                                context.state)
     metrics = MetricRecord({"num-examples": result.num_examples, "train-loss": result.loss,
-                            "steps": result.steps, "partition-id": lc.partition_id})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+                            "steps": result.steps, "partition-id": lc.partition_id,
+                            **codec_metrics})
+    # A strategy's extra reply records (e.g. SCAFFOLD's "control"), shared names only.
+    extra = {name: to_array_record({k: v for k, v in rec.items() if k in shared})
+             for name, rec in lc.reply_arrays.items()}
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, **extra}), reply_to=msg)
 
 
 def evaluate_local(msg: Message, context: Context) -> Message:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fedpers.codecs import DOWN_CODECS, SPARSE_VALUES
+
 
 class ConfigError(ValueError):
     """A run-config key is unknown or its value is invalid."""
@@ -42,8 +44,20 @@ def _open_fraction(v: Any) -> str | None:
     return None if 0.0 < v < 1.0 else "must be in (0, 1)"
 
 
+def _unit_interval(v: Any) -> str | None:
+    return None if 0.0 <= v <= 1.0 else "must be in [0, 1]"
+
+
+def _momentum(v: Any) -> str | None:
+    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
+
+
 def _percentile(v: Any) -> str | None:
     return None if 0.0 < v < 100.0 else "must be in (0, 100)"
+
+
+def _qsgd_levels(v: Any) -> str | None:
+    return None if 1 <= v <= 32767 else "must be in 1..32767"
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
@@ -109,6 +123,32 @@ class RunConfig:
     experiment: str = _key("experiment", "fedpers")
     mlflow_run_id: str = _key("mlflow-run-id", "",
                               doc="log into this existing MLflow run ('' = a new run)")
+    # strategies (issue 4)
+    proximal_mu: float = _key("proximal-mu", 0.01, _non_negative,
+                              doc="fedprox: weight of the proximal term (0 = FedAvg)")
+    server_lr: float = _key("server-lr", 0.0, _non_negative,
+                            doc="server step size of scaffold, fednova, fedavgm, fedadam, "
+                                "fedyogi (0 = the strategy's default: 1.0; fedadam 0.1, "
+                                "fedyogi 0.01)")
+    server_momentum: float = _key("server-momentum", 0.9, _momentum,
+                                  doc="fedavgm: server momentum; fedadam, fedyogi: beta_1")
+    straggler_fraction: float = _key("straggler-fraction", 0.0, _unit_interval,
+                                     doc="share of clients that are stragglers (seeded)")
+    straggler_work: float = _key("straggler-work", 0.5, _fraction,
+                                 doc="share of their local steps stragglers complete")
+    # communication (issue 6)
+    error_feedback: bool = _key("error-feedback", False,
+                                doc="lossy codecs: keep what was not sent, add it next round")
+    codec_down: str = _key("codec-down", "none", _one_of(DOWN_CODECS),
+                           doc="codec of the server's broadcast (the server keeps the "
+                               "exact model)")
+    quant_block_size: int = _key("quant-block-size", 512, _non_negative,
+                                 doc="q8/q4/q2/qsgd/sign: values per scale (0 = per tensor)")
+    qsgd_levels: int = _key("qsgd-levels", 7, _qsgd_levels, doc="qsgd: levels s")
+    sparse_fraction: float = _key("sparse-fraction", 0.01, _fraction,
+                                  doc="topk/randk: share of each tensor's values sent")
+    sparse_values: str = _key("sparse-values", "fp32", _one_of(SPARSE_VALUES),
+                              doc="topk/randk: how kept values are coded")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +274,9 @@ def _check_combination(cfg: RunConfig) -> None:
     if cfg.task == "npz" and not cfg.data_dir:
         raise ConfigError("run-config key 'data-dir' must name a folder of <client>.npz files "
                           "for task 'npz'")
+    if cfg.error_feedback and cfg.codec == "none":
+        raise ConfigError("run-config key 'error-feedback' = true needs a lossy codec; "
+                          "'codec' is 'none', which sends everything")
 
 
 def parse_set_args(items: list[str]) -> dict[str, Any]:

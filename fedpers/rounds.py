@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, Rec
 from flwr.serverapp import Grid
 
 from fedpers.codecs.base import Codec, CodecError
+from fedpers.codecs.update import decode_update
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class CheckedReply:
     partition_id: int
     arrays: dict[str, np.ndarray]  # decoded, validated
     metrics: dict[str, Any]
+    # the strategy's extra reply records (StrategySpec.extra_records), validated
+    extra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def _metrics(reply: Message) -> dict[str, Any]:
@@ -120,17 +123,24 @@ def _metrics(reply: Message) -> dict[str, Any]:
     return metrics
 
 
-def check_train_reply(reply: Message, reference: dict[str, np.ndarray],
-                      codec: Codec) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Decode and validate one training reply against the global ``reference`` arrays."""
+def check_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: Codec,
+                      extra_records: tuple[str, ...] = ()
+                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Decode and validate one training reply against the global ``reference`` arrays.
+
+    The ArrayRecords named in ``extra_records`` are not the model (check them with
+    :func:`check_extra_records`); besides them the reply holds exactly one.
+    """
     content = reply.content
-    if len(content.array_records) != 1:
-        raise RejectedReply(f"expected one ArrayRecord, got {len(content.array_records)}")
+    models = [name for name in content.array_records if name not in extra_records]
+    if len(models) != 1:
+        besides = f" besides {', '.join(extra_records)}" if extra_records else ""
+        raise RejectedReply(f"expected one ArrayRecord{besides}, got {len(models)}")
     metrics = _metrics(reply)
-    record = next(iter(content.array_records.values()))
+    record = content.array_records[models[0]]
     try:
         payload = {k: a.numpy() for k, a in record.items()}
-        arrays = codec.decode(payload, reference)
+        arrays = decode_update(codec, payload, reference)  # lossy: reference + update
     except CodecError as exc:
         raise RejectedReply(f"malformed encoded update: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - undeserialisable arrays
@@ -152,6 +162,40 @@ def check_train_reply(reply: Message, reference: dict[str, np.ndarray],
     return arrays, metrics
 
 
+def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
+                        names: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """Validate a strategy's extra reply records (e.g. SCAFFOLD's control update).
+
+    Each named ArrayRecord must be present and hold floating-point arrays whose
+    names and shapes are those of ``reference`` parameters, with finite values.
+    They are sent as they are (the codec encodes only the model).
+    """
+    out: dict[str, dict[str, np.ndarray]] = {}
+    records = reply.content.array_records
+    for name in names:
+        if name not in records:
+            raise RejectedReply(f"missing ArrayRecord {name!r}")
+        try:
+            arrays = {k: a.numpy() for k, a in records[name].items()}
+        except Exception as exc:  # noqa: BLE001 - undeserialisable arrays
+            raise RejectedReply(f"cannot read ArrayRecord {name!r}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        for key, arr in arrays.items():
+            ref = reference.get(key)
+            if ref is None:
+                raise RejectedReply(f"ArrayRecord {name!r}: unknown parameter {key!r}")
+            if arr.shape != ref.shape:
+                raise RejectedReply(f"ArrayRecord {name!r}: {key!r} has shape {arr.shape}, "
+                                    f"expected {ref.shape}")
+            if arr.dtype.kind != "f":
+                raise RejectedReply(f"ArrayRecord {name!r}: {key!r} has dtype {arr.dtype}, "
+                                    f"expected floating point")
+            if not np.isfinite(arr).all():
+                raise RejectedReply(f"ArrayRecord {name!r}: {key!r} has NaN or Inf values")
+        out[name] = arrays
+    return out
+
+
 def check_eval_reply(reply: Message) -> dict[str, Any]:
     return _metrics(reply)
 
@@ -169,13 +213,21 @@ def consistent_key_sets(checked: list[CheckedReply]) -> tuple[list[CheckedReply]
 
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    """Named numpy arrays as an ArrayRecord, keeping 0-d arrays 0-d.
+
+    (``np.ascontiguousarray`` alone would turn a 0-d buffer such as BatchNorm's
+    ``num_batches_tracked`` into shape (1,) and the reply would be rejected.)
+    """
+    return ArrayRecord({k: Array(np.ascontiguousarray(v).reshape(np.shape(v)))
+                        for k, v in arrays.items()})
 
 
 def clean_reply(reply: Message, checked: CheckedReply) -> Message:
-    """The reply as the strategy should see it: decoded arrays + its metrics."""
+    """The reply as the strategy should see it: decoded arrays + its metrics (+ extras)."""
     reply.content = RecordDict({"arrays": to_array_record(checked.arrays),
-                                "metrics": MetricRecord(checked.metrics)})
+                                "metrics": MetricRecord(checked.metrics),
+                                **{name: to_array_record(arrays)
+                                   for name, arrays in checked.extra.items()}})
     return reply
 
 

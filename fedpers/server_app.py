@@ -26,8 +26,9 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from fedpers import metrics as fm
-from fedpers.codecs import CODECS
+from fedpers.codecs import build_codec
 from fedpers.comm import ByteCounter, messages_bytes
+from fedpers.compression import UploadStats, encode_broadcast
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, FederatedData, load_federated
 from fedpers.rounds import (
@@ -36,6 +37,7 @@ from fedpers.rounds import (
     Roster,
     SelectedGrid,
     check_eval_reply,
+    check_extra_records,
     check_train_reply,
     clean_reply,
     consistent_key_sets,
@@ -53,6 +55,7 @@ from strategies import STRATEGIES
 logger = logging.getLogger("fedpers")
 
 SEED_INIT, SEED_SELECT, SEED_EVAL_SELECT = 10, 11, 12
+SEED_DOWN = 13  # stochastic rounding of the compressed broadcast (codec-down)
 # Clients' first reply includes process start-up and data loading: give the handshake
 # at least this long even when round-timeout is short.
 MIN_HANDSHAKE_TIMEOUT = 120.0
@@ -94,8 +97,10 @@ class Experiment:
         self.fed: FederatedData = load_federated(DataSpec.from_config(cfg))
         self.device = resolve_device(cfg.device)
         self.strategy = STRATEGIES[cfg.strategy].build(cfg)
+        self.extra_records = STRATEGIES[cfg.strategy].extra_records
         self.selector = SELECTORS[cfg.selection]
-        self.codec = CODECS[cfg.codec]
+        self.codec = build_codec(cfg)
+        self.codec_down = build_codec(cfg, cfg.codec_down)
         self.bytes = ByteCounter()
         self.roster = Roster()
         torch.manual_seed(derive_seed(cfg.seed, SEED_INIT))
@@ -127,10 +132,13 @@ class Experiment:
         view = SelectedGrid(self.grid, [node_of[p] for p in chosen])
         messages = list(self.strategy.configure_train(
             rnd, to_array_record(self.global_arrays), ConfigRecord(), view))
+        encode_broadcast(messages, self.codec_down,
+                         np.random.default_rng(derive_seed(cfg.seed, SEED_DOWN, rnd, 0)))
         replies = self._send(messages)
         failed = len(messages) - len(replies)
         checked: list[tuple[CheckedReply, Message]] = []
         rejected = 0
+        upload = UploadStats(self.codec.lossy)
         for reply in replies:
             pid = self._partition(reply)
             if reply.has_error():
@@ -138,12 +146,15 @@ class Experiment:
                 logger.warning("round %d: client %d failed: %s", rnd, pid, reply.error.reason)
                 continue
             try:
-                arrays, metrics = check_train_reply(reply, self.global_arrays, self.codec)
+                arrays, metrics = check_train_reply(reply, self.global_arrays, self.codec,
+                                                    self.extra_records)
+                extra = check_extra_records(reply, self.global_arrays, self.extra_records)
             except RejectedReply as exc:
                 rejected += 1
                 logger.warning("round %d: update from client %d rejected: %s", rnd, pid, exc)
                 continue
-            checked.append((CheckedReply(pid, arrays, metrics), reply))
+            checked.append((CheckedReply(pid, arrays, metrics, extra), reply))
+            upload.add(reply, arrays, metrics)
         keep, drop = consistent_key_sets([c for c, _ in checked])
         for c in drop:
             rejected += 1
@@ -156,6 +167,7 @@ class Experiment:
                             "clients/trained": float(len(valid)),
                             "clients/failed": float(failed),
                             "clients/rejected": float(rejected)})
+        out.metrics.update(upload.metrics())
         if len(valid) < cfg.min_train_clients:
             logger.warning("round %d: only %d valid updates (min-train-clients = %d); the "
                            "global model is not updated", rnd, len(valid),
@@ -182,6 +194,8 @@ class Experiment:
         view = SelectedGrid(self.grid, [node_of[p] for p in chosen])
         messages = list(self.strategy.configure_evaluate(
             rnd, to_array_record(self.global_arrays), ConfigRecord(), view))
+        encode_broadcast(messages, self.codec_down,
+                         np.random.default_rng(derive_seed(cfg.seed, SEED_DOWN, rnd, 1)))
         rows: list[dict[str, Any]] = []
         for reply in self._send(messages):
             pid = self._partition(reply)

@@ -71,11 +71,11 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     from flwr.supercore.telemetry import EventType
 
     from fedpers.client_app import app as default_client_app
-    from fedpers.server_app import app as default_server_app
 
     # Load and partition the data first (cached: the ServerApp thread reuses it), so
     # missing files or an impossible split fail before any run is recorded.
     from fedpers.data import DataSpec, load_federated
+    from fedpers.server_app import app as default_server_app
 
     load_federated(DataSpec.from_config(cfg))
     uri = resolve_tracking_uri(cfg.tracking_uri)

@@ -63,6 +63,20 @@ class TrainResult:
     num_examples: int
 
 
+def effective_steps(steps: int, momentum: float) -> float:
+    """How many plain-SGD steps ``steps`` steps of heavy-ball SGD amount to.
+
+    With momentum ``rho`` and a constant gradient ``g``, step ``k`` moves the model by
+    ``lr * g * (1 - rho**k) / (1 - rho)``; the sum over ``k = 1..steps`` is this
+    factor (FedNova's ``||a_i||_1``, arXiv 2007.07481). It equals ``steps`` when
+    ``momentum`` is 0.
+    """
+    if momentum == 0.0:
+        return float(steps)
+    rho = float(momentum)
+    return float(sum((1.0 - rho ** k) / (1.0 - rho) for k in range(1, steps + 1)))
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, kind: str, epochs: int,
                 batch_size: int, lr: float, momentum: float, seed: int,
                 device: torch.device, grad_hook: GradHook | None = None,

@@ -6,10 +6,22 @@ the Flower strategy from the run config and which client-side local update rule
 """
 
 from strategies.base import StrategySpec
+from strategies.fedadam import FEDADAM
 from strategies.fedavg import FEDAVG
+from strategies.fedavgm import FEDAVGM
+from strategies.fednova import FEDNOVA
+from strategies.fedprox import FEDPROX
+from strategies.fedyogi import FEDYOGI
+from strategies.scaffold import SCAFFOLD
 
 STRATEGIES: dict[str, StrategySpec] = {
     "fedavg": FEDAVG,
+    "fedprox": FEDPROX,
+    "scaffold": SCAFFOLD,
+    "fednova": FEDNOVA,
+    "fedadam": FEDADAM,
+    "fedyogi": FEDYOGI,
+    "fedavgm": FEDAVGM,
 }
 
 __all__ = ["STRATEGIES", "StrategySpec"]

@@ -1,11 +1,13 @@
-"""What a strategy entry declares."""
+"""What a strategy entry declares, and helpers shared by the server halves."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 if TYPE_CHECKING:
@@ -20,8 +22,48 @@ TAKE_ALL = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": 
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A ``strategy=`` entry: a Flower strategy factory plus its client half."""
+    """A ``strategy=`` entry: a Flower strategy factory plus its client half.
+
+    ``extra_records`` names the ArrayRecords a training reply carries besides the
+    model (e.g. SCAFFOLD's ``"control"``). The round loop checks each of them like
+    the model (names it knows, shapes, finite values) and passes them on to the
+    strategy; a reply without one of them is rejected.
+    """
 
     build: Callable[[RunConfig], Strategy]
     local_update: str = "sgd"  # key in clients.LOCAL_UPDATES
     paper: str = ""
+    extra_records: tuple[str, ...] = ()
+
+
+def reply_keys(replies: Sequence[Message], record: str = "arrays") -> list[str]:
+    """The parameter names the replies carry (the shared part of the model), in order."""
+    for msg in replies:
+        if msg.has_content() and record in msg.content.array_records:
+            return list(msg.content.array_records[record].keys())
+    return []
+
+
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+class SharedPart:
+    """Mixin for Flower strategies that step from the arrays they sent
+    (``current_arrays``: FedOpt's dict, FedAvgM's ArrayRecord): fedpers sends the
+    whole global model but replies carry only its shared part, so the strategy
+    steps only the names the replies carry and the round loop keeps the rest."""
+
+    arrayrecord_key: str
+    current_arrays: Any
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        keys = reply_keys(replies, self.arrayrecord_key)
+        current = self.current_arrays
+        if current is not None and keys:
+            kept = {k: current[k] for k in keys}
+            self.current_arrays = ArrayRecord(kept) if isinstance(current, ArrayRecord) \
+                else kept
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -237,11 +238,13 @@ def _children(uri: str, parent: str) -> list:
     return client.search_runs(exp_ids, filter_string=f"tags.`{TAG_PARENT}` = '{parent}'")
 
 
-def _wait_for_first_finished_child(uri: str, proc: subprocess.Popen, timeout: float) -> str:
+def _wait_for_first_finished_child(uri: str, proc: subprocess.Popen, log: Path,
+                                   timeout: float) -> str:
     client = MlflowClient(tracking_uri=uri)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the sweep ended before a child finished"
+        assert proc.poll() is None, ("the sweep ended before a child finished:\n"
+                                     + log.read_text()[-3000:])
         try:
             exp_ids = [e.experiment_id for e in client.search_experiments()]
             done = client.search_runs(exp_ids, filter_string="attributes.status = 'FINISHED'"
@@ -260,12 +263,15 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_children(tmp_pa
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     cmd = [sys.executable, "-m", "fedpers.cli", "bench", str(folder), "--seeds", "1",
            "--tracking-uri", uri, "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
-        first = _wait_for_first_finished_child(uri, proc, timeout=150)
+        first = _wait_for_first_finished_child(uri, proc, log, timeout=150)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the Ray processes it started
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the Ray processes it started
         proc.wait()
 
     res = bench.run_benchmark(folder, seeds=1, tracking_uri=uri, progress=False)

@@ -19,7 +19,7 @@ def test_unknown_key_fails_before_work(capsys, tracking_uri):
 
 def test_unknown_strategy_lists_valid_names(capsys, tracking_uri):
     assert main(["run", "--set", "strategy=fedfoo", "--tracking-uri", tracking_uri]) == 2
-    assert "valid names: fedavg" in capsys.readouterr().err
+    assert "valid names: fedadam, fedavg" in capsys.readouterr().err
 
 
 def test_missing_config_file(capsys, tmp_path):

@@ -55,7 +55,7 @@ def test_coercion_from_strings_and_ints():
     ({"fraction-train": 1.5}, "'fraction-train' = 1.5: must be in (0, 1]"),
     ({"lr": -0.1}, "'lr' = -0.1: must be > 0"),
     ({"partition": "weird"}, "'partition' = 'weird': must be one of iid, dirichlet"),
-    ({"strategy": "fedfoo"}, "'strategy': unknown name 'fedfoo'; valid names: fedavg"),
+    ({"strategy": "fedfoo"}, "'strategy': unknown name 'fedfoo'; valid names: fedadam, fedavg"),
     ({"task": "cifar"}, "'task': unknown name 'cifar'; valid names: digits"),
     ({"codec": "zip"}, "'codec': unknown name 'zip'"),
     ({"selection": "best"}, "'selection': unknown name 'best'"),

@@ -95,3 +95,11 @@ def test_selected_grid_shows_only_selected_nodes():
 def test_weighted_mean():
     assert weighted_mean([(1.0, 1), (3.0, 3)]) == pytest.approx(2.5)
     assert weighted_mean([]) is None
+
+
+def test_to_array_record_keeps_zero_d_buffers():
+    from fedpers.rounds import record_to_numpy, to_array_record
+
+    arrays = {"num_batches_tracked": np.array(3, dtype=np.int64), "w": np.ones((2, 2))}
+    back = record_to_numpy(to_array_record(arrays))
+    assert back["num_batches_tracked"].shape == () and back["w"].shape == (2, 2)

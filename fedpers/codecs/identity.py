@@ -1,6 +1,13 @@
-"""``codec=none``: send fp32 arrays as they are."""
+"""``codec=none``: send the fp32 weights as they are (not an update).
+
+Lossless, so uploads are bit-identical to a run without any codec. Size: the raw
+array bytes (``4 * n`` for fp32) plus Flower's framing.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 
@@ -8,6 +15,10 @@ from fedpers.codecs.base import CodecError
 
 
 class IdentityCodec:
+    name = "none"
+    lossy = False
+    unbiased = True
+
     def encode(self, arrays: dict[str, np.ndarray],
                rng: np.random.Generator) -> dict[str, np.ndarray]:
         return arrays
@@ -21,3 +32,12 @@ class IdentityCodec:
             if arr.shape != ref.shape:
                 raise CodecError(f"array {name!r} has shape {arr.shape}, expected {ref.shape}")
         return payload
+
+    def encoded_nbytes(self, shape: tuple[int, ...]) -> int:
+        return 4 * math.prod(shape)
+
+    def error_bound(self, x: np.ndarray) -> float:
+        return 0.0
+
+    def configure(self, cfg: Any) -> IdentityCodec:
+        return self

@@ -1,0 +1,48 @@
+"""Proximal local SGD: the client half of FedProx (Li et al., arXiv 1812.06127).
+
+The local objective gets the proximal term ``mu/2 * ||w - w_global||^2``, whose
+gradient ``mu * (w - w_global)`` is added to every step's gradient. ``w_global``
+is the model as it was when local training started (the global shared part as
+sent, plus whatever the personaliser loaded). ``mu`` is the ``proximal-mu`` the
+server sent in the message's config (Flower's FedProx sends it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from clients.work import local_sgd
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from clients.base import LocalContext
+    from fedpers.training import GradHook, TrainResult
+
+MU_KEY = "proximal-mu"
+
+
+def proximal_hook(model: nn.Module, mu: float, device: torch.device) -> GradHook:
+    """A grad hook adding ``mu * (w - w0)``, with ``w0`` the parameters as they are now."""
+    start = {name: p.detach().to(device, copy=True) for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def hook(m: nn.Module) -> None:
+        for name, p in m.named_parameters():
+            if p.grad is not None:
+                p.grad.add_(p - start[name], alpha=mu)
+
+    return hook
+
+
+class ProximalUpdate:
+    """Local SGD with the FedProx proximal term; ``mu = 0`` is plain local SGD."""
+
+    def train(self, model: nn.Module, lc: LocalContext) -> TrainResult:
+        if MU_KEY not in lc.server_config:
+            raise ValueError(f"the proximal update needs {MU_KEY!r} in the server's config "
+                             f"(strategy 'fedprox' sends it)")
+        mu = float(lc.server_config[MU_KEY])
+        return local_sgd(model, lc, grad_hook=proximal_hook(model, mu, lc.device))

@@ -1,0 +1,71 @@
+"""SCAFFOLD-corrected local SGD: the client half of SCAFFOLD (Karimireddy et al.,
+arXiv 1910.06378, Algorithm 1 with option II).
+
+The server sends its control variate ``c`` as the ArrayRecord ``"control"``. The
+client keeps its own ``c_i`` in its Flower Context state (``"scaffold-ci"``;
+zeros the first time it is selected), adds ``c - c_i`` to the gradient of every
+local step, and after ``K`` steps from ``x`` to ``y_i`` sets
+
+    c_i+ = c_i - c + (x - y_i) / (K * lr)
+
+and replies with ``Δc_i = c_i+ - c_i`` as the ArrayRecord ``"control"``. With
+momentum, ``K`` is the effective number of steps (``fedpers.training.
+effective_steps``); stragglers use the steps they actually took.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from clients.work import local_sgd
+from fedpers.rounds import to_array_record
+from fedpers.training import effective_steps
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from clients.base import LocalContext
+    from fedpers.training import TrainResult
+
+CONTROL = "control"  # record name of c (server -> client) and Δc_i (client -> server)
+STATE_KEY = "scaffold-ci"  # the client's c_i in its Context state
+
+
+def _load_ci(lc: LocalContext, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This client's c_i for the names in ``c`` (zeros where it has none yet)."""
+    stored = lc.state.array_records.get(STATE_KEY)
+    old = {k: a.numpy() for k, a in stored.items()} if stored is not None else {}
+    return {k: old[k] if k in old and old[k].shape == v.shape else np.zeros_like(v)
+            for k, v in c.items()}
+
+
+class ScaffoldUpdate:
+    """Local SGD corrected by ``c - c_i``; returns ``Δc_i`` next to the model."""
+
+    def train(self, model: nn.Module, lc: LocalContext) -> TrainResult:
+        if CONTROL not in lc.server_arrays:
+            raise ValueError(f"the SCAFFOLD update needs the server control variate "
+                             f"{CONTROL!r} in the message (strategy 'scaffold' sends it)")
+        params = dict(model.named_parameters())
+        c = {k: v for k, v in lc.server_arrays[CONTROL].items() if k in params}
+        ci = _load_ci(lc, c)
+        x = {k: params[k].detach().cpu().numpy().copy() for k in c}
+        correction = {k: torch.from_numpy(c[k] - ci[k]).to(lc.device) for k in c}
+
+        @torch.no_grad()
+        def hook(m: nn.Module) -> None:
+            for name, p in m.named_parameters():
+                if name in correction and p.grad is not None:
+                    p.grad.add_(correction[name])
+
+        result = local_sgd(model, lc, grad_hook=hook)
+        scale = 1.0 / (effective_steps(result.steps, lc.cfg.momentum) * lc.cfg.lr)
+        params = dict(model.named_parameters())
+        new_ci = {k: (ci[k] - c[k] + (x[k] - params[k].detach().cpu().numpy()) * scale)
+                  .astype(c[k].dtype, copy=False) for k in c}
+        lc.state[STATE_KEY] = to_array_record(new_ci)
+        lc.reply_arrays[CONTROL] = {k: new_ci[k] - ci[k] for k in c}
+        return result

@@ -1,0 +1,58 @@
+"""Systems heterogeneity: a seeded per-client local-work profile, and the one call
+every local update rule trains through.
+
+A share ``straggler-fraction`` of the clients are stragglers: each round they
+complete only ``straggler-work`` of the local SGD steps they were asked for
+(``local-epochs`` epochs), as slow devices do under a deadline (FedProx, arXiv
+1812.06127, Sec. 5.2). Which clients straggle depends only on the run seed and
+the partition id, so it is the same in every round and on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedpers.training import GradHook, TrainResult, derive_seed, train_local
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from clients.base import LocalContext
+    from fedpers.config import RunConfig
+
+SEED_STRAGGLERS = 3  # keeps this random stream apart from the other uses of the seed
+
+
+def stragglers(cfg: RunConfig) -> frozenset[int]:
+    """The partition ids of the straggling clients: ``round(fraction * N)`` of them."""
+    count = int(round(cfg.straggler_fraction * cfg.num_clients))
+    if count == 0:
+        return frozenset()
+    rng = np.random.default_rng(derive_seed(cfg.seed, SEED_STRAGGLERS))
+    return frozenset(int(p) for p in rng.permutation(cfg.num_clients)[:count])
+
+
+def full_steps(cfg: RunConfig, num_train: int) -> int:
+    """Local SGD steps of a client that finishes its ``local-epochs`` epochs."""
+    return cfg.local_epochs * math.ceil(num_train / cfg.batch_size)
+
+
+def step_budget(cfg: RunConfig, partition_id: int, num_train: int) -> int | None:
+    """At most this many local steps for this client (``None``: no limit)."""
+    if partition_id not in stragglers(cfg):
+        return None
+    return max(1, int(math.floor(cfg.straggler_work * full_steps(cfg, num_train))))
+
+
+def local_sgd(model: nn.Module, lc: LocalContext,
+              grad_hook: GradHook | None = None) -> TrainResult:
+    """Local mini-batch SGD as the run config asks, cut short for stragglers."""
+    cfg = lc.cfg
+    x, y = lc.data.x_train, lc.data.y_train
+    return train_local(model, x, y, kind=lc.kind, epochs=cfg.local_epochs,
+                       batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                       seed=lc.seed, device=lc.device, grad_hook=grad_hook,
+                       max_steps=step_budget(cfg, lc.partition_id, len(x)))

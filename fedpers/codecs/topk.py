@@ -1,0 +1,96 @@
+"""``codec=topk``: keep the k = ceil(``sparse-fraction`` n) largest-magnitude values.
+
+Aji & Heafield, arXiv 1704.05021; Deep Gradient Compression, Lin et al., arXiv
+1712.01887. **Biased** (a contraction: the dropped part has
+``||x - C(x)||^2 <= (1 - k/n) ||x||^2``); meant with ``error-feedback = true``,
+which sends the dropped mass later. Error, for every input: the L2 norm of the
+n - k smallest values, combined with the error of the value coding
+(``sparse-values``: fp32 exact, fp16, or q8).
+
+Size: 12-byte header (common header with value and index tags + u32 k) + the
+values (4k, 2k or 8 + k bytes) + the positions: gaps between sorted indices in the
+smallest of u8/u16/u32 that holds the largest gap (``k`` x 1, 2 or 4 bytes), or a
+``ceil(n / 8)``-byte bitmap when smaller. :meth:`TopKCodec.nbytes` gives the upper
+bound (largest gap ``n - 1``); :meth:`TopKCodec.nbytes_given_gap` the exact size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedpers.codecs import _format as f
+from fedpers.codecs import _sparse as sp
+from fedpers.codecs.base import TensorCodec
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKCodec(TensorCodec):
+    fraction: float = 0.01
+    values: str = "fp32"
+
+    name: ClassVar[str] = "topk"
+    tag: ClassVar[int] = 5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.values not in sp.VALUE_TAGS:
+            raise ValueError(f"values must be one of {', '.join(sp.VALUE_TAGS)}")
+
+    def configure(self, cfg: Any) -> TopKCodec:
+        return dataclasses.replace(self, fraction=float(cfg.sparse_fraction),
+                                   values=str(cfg.sparse_values))
+
+    def select(self, x: np.ndarray) -> np.ndarray:
+        """Sorted indices of the k largest |x| (ties broken by numpy's partition)."""
+        n, k = x.size, sp.keep_count(x.size, self.fraction)
+        if k >= n:
+            return np.arange(n)
+        return np.sort(np.argpartition(-np.abs(x), k - 1)[:k])
+
+    def _encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        idx = self.select(x)
+        vtag = sp.VALUE_TAGS[self.values]
+        itag, index_bytes = sp.encode_indices(idx, x.size)
+        return f.join([f.header(self.tag, x.size, a=vtag, b=itag), f.U32.pack(idx.size),
+                       *sp.encode_values(x[idx], vtag, rng), index_bytes])
+
+    def _decode(self, buf: np.ndarray, n: int, name: str) -> np.ndarray:
+        r = f.Reader(buf, name)
+        vtag, itag = r.header(self.tag, self.name, n)
+        (k,) = r.unpack(f.U32)
+        if k != sp.keep_count(n, self.fraction):
+            raise r.fail(f"bad header: {k} values, this run keeps "
+                         f"{sp.keep_count(n, self.fraction)} of {n}")
+        if vtag != sp.VALUE_TAGS[self.values]:
+            name_ = sp.VALUE_NAMES.get(vtag)
+            if name_ is None:
+                raise r.fail(f"bad header: unknown value dtype tag {vtag}")
+            raise r.fail(f"bad header: values coded as {name_}, this run uses {self.values}")
+        values = sp.decode_values(r, k, vtag)
+        idx = sp.decode_indices(r, n, k, itag)
+        r.finish()
+        out = np.zeros(n, np.float32)
+        out[idx] = values
+        return out
+
+    def nbytes_given_gap(self, n: int, max_gap: int) -> int:
+        k = sp.keep_count(n, self.fraction)
+        return (f.HEADER.size + f.U32.size + sp.values_nbytes(k, sp.VALUE_TAGS[self.values])
+                + sp.index_nbytes(n, k, max_gap))
+
+    def nbytes(self, n: int) -> int:
+        """Upper bound (the largest possible gap); exact: :meth:`nbytes_given_gap`."""
+        return self.nbytes_given_gap(n, max(n - 1, 0))
+
+    def error_bound(self, x: np.ndarray) -> float:
+        x = np.asarray(x, np.float32).reshape(-1)
+        idx = self.select(x)
+        x64 = x.astype(np.float64)
+        dropped_sq = float((x64 * x64).sum() - (x64[idx] ** 2).sum())
+        vb = sp.values_error_bound(x[idx], sp.VALUE_TAGS[self.values])
+        slack = 8 * float(np.finfo(np.float32).eps) * float(np.linalg.norm(x64))
+        return float(np.sqrt(max(dropped_sq, 0.0) + vb * vb)) + slack

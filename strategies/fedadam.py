@@ -1,0 +1,33 @@
+"""FedAdam: Adam on the server, applied to the averaged client update
+(Reddi et al., "Adaptive Federated Optimization", arXiv 2003.00295).
+
+Flower's :class:`flwr.serverapp.strategy.FedAdam`, stepping only the shared part
+of the model. ``server-lr`` is Adam's step size (0 = Flower's default 0.1),
+``server-momentum`` its ``beta_1``; ``beta_2`` and ``tau`` keep Flower's defaults.
+Clients run plain local SGD.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flwr.serverapp.strategy import FedAdam
+
+from strategies.base import TAKE_ALL, SharedPart, StrategySpec
+
+if TYPE_CHECKING:
+    from fedpers.config import RunConfig
+
+DEFAULT_SERVER_LR = 0.1  # Flower's FedAdam eta
+
+
+class SharedFedAdam(SharedPart, FedAdam):
+    """Flower's FedAdam over the parameters the replies carry."""
+
+
+def build(cfg: RunConfig) -> FedAdam:
+    return SharedFedAdam(**TAKE_ALL, eta=cfg.server_lr or DEFAULT_SERVER_LR, eta_l=cfg.lr,
+                         beta_1=cfg.server_momentum)
+
+
+FEDADAM = StrategySpec(build=build, local_update="sgd", paper="arXiv 2003.00295")

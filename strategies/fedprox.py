@@ -1,0 +1,27 @@
+"""FedProx: FedAvg plus a proximal term in each client's local objective
+(Li et al., "Federated Optimization in Heterogeneous Networks", arXiv 1812.06127).
+
+Flower's :class:`flwr.serverapp.strategy.FedProx` is the server half: it averages
+like FedAvg (weighted by num-examples) and sends ``proximal-mu`` in the train
+config. The client half (``clients/proximal.py``) adds ``mu * (w - w_global)`` to
+every gradient. Partial work (stragglers taking fewer local steps) is averaged in
+like any other update, as the paper prescribes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flwr.serverapp.strategy import FedProx
+
+from strategies.base import TAKE_ALL, StrategySpec
+
+if TYPE_CHECKING:
+    from fedpers.config import RunConfig
+
+
+def build(cfg: RunConfig) -> FedProx:
+    return FedProx(**TAKE_ALL, proximal_mu=cfg.proximal_mu)
+
+
+FEDPROX = StrategySpec(build=build, local_update="proximal", paper="arXiv 1812.06127")
