@@ -26,6 +26,8 @@ class ConfigError(ValueError):
 
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 DEVICES = ("auto", "cpu", "cuda")
+# Tasks whose clients are given by the data (partition = "natural").
+NATURAL_TASKS = ("npz", "shakespeare")
 
 
 def _positive(v: Any) -> str | None:
@@ -149,6 +151,19 @@ class RunConfig:
                                   doc="topk/randk: share of each tensor's values sent")
     sparse_values: str = _key("sparse-values", "fp32", _one_of(SPARSE_VALUES),
                               doc="topk/randk: how kept values are coded")
+    # personalisation (issue 5)
+    finetune_epochs: int = _key("finetune-epochs", 1, _positive,
+                                doc="finetune: local epochs on a copy of the global model "
+                                    "before each evaluation")
+    fedrep_head_epochs: int = _key("fedrep-head-epochs", 5, _positive,
+                                   doc="fedrep: epochs on the private head (body frozen) "
+                                       "before the body's local-epochs")
+    ditto_lambda: float = _key("ditto-lambda", 0.1, _non_negative,
+                               doc="ditto: pull of the personal model towards the global one "
+                                   "(0 = purely local)")
+    apfl_alpha: float = _key("apfl-alpha", 0.25, _unit_interval,
+                             doc="apfl: initial weight of the local model in the mix "
+                                 "(learned per client afterwards)")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -268,9 +283,14 @@ def parse_run_config(raw: Mapping[str, Any], check_names: bool = True) -> RunCon
 
 
 def _check_combination(cfg: RunConfig) -> None:
-    if cfg.partition == "natural" and cfg.task not in ("npz",):
+    if cfg.partition == "natural" and cfg.task not in NATURAL_TASKS:
         raise ConfigError(f"run-config key 'partition' = 'natural' needs a task with natural "
-                          f"clients (npz); task {cfg.task!r} has none")
+                          f"clients ({', '.join(NATURAL_TASKS)}); task {cfg.task!r} has none")
+    if cfg.task == "shakespeare" and cfg.partition not in ("natural", "iid"):
+        raise ConfigError(f"run-config key 'partition' = {cfg.partition!r}: task 'shakespeare' "
+                          f"has natural clients, one per (play, role); set partition = "
+                          f"'natural' (each speaker's own lines) or 'iid' (the same speakers' "
+                          f"samples pooled and dealt out uniformly)")
     if cfg.task == "npz" and not cfg.data_dir:
         raise ConfigError("run-config key 'data-dir' must name a folder of <client>.npz files "
                           "for task 'npz'")

@@ -295,7 +295,8 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_children(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", BENCHMARKS, ids=[p.name for p in BENCHMARKS])
-def test_each_benchmark_runs_quick_end_to_end(folder, tmp_path, capsys):
+def test_each_benchmark_runs_quick_end_to_end(folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts under ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["bench", str(folder), "--quick", "--tracking-uri", uri]) == 0
     b = load_benchmark(folder)

@@ -63,7 +63,7 @@ def _child(client: MlflowClient, exp: str, parent: str, variant: str, seed: int,
 @pytest.fixture
 def fake_sweep(tmp_path, tracking_uri):
     client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.create_experiment("fake-bench")
+    exp = client.create_experiment("fake-bench", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={TAG_BENCH: "fake", TAG_HASH: "h",
                                           TAG_VARIANTS: "slim,fast", TAG_TARGET: "0.7",
                                           "mlflow.runName": "fake"}).info.run_id
@@ -158,9 +158,9 @@ def test_unknown_target_fails_clearly(tracking_uri, capsys):
     assert "neither an MLflow experiment" in capsys.readouterr().err
 
 
-def test_parent_without_finished_children_fails(tracking_uri):
+def test_parent_without_finished_children_fails(tracking_uri, tmp_path):
     client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.create_experiment("empty")
+    exp = client.create_experiment("empty", artifact_location=str(tmp_path / "artifacts"))
     client.create_run(exp, tags={TAG_BENCH: "empty", TAG_HASH: "h"})
     with pytest.raises(ReportError, match="no finished child runs"):
         make_report("empty", tracking_uri=tracking_uri)
