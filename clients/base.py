@@ -34,6 +34,10 @@ class LocalContext:
     # ArrayRecords a local update rule sends back besides the model, by record name;
     # the ClientApp keeps only the shared parameter names (private ones never leave).
     reply_arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # state_dict keys the personaliser keeps on the client (set by the ClientApp). Local
+    # update rules act on the shared part only: the ClientApp drops these names from
+    # ``server_arrays`` and the proximal term skips them.
+    private_keys: frozenset[str] = frozenset()
 
 
 class LocalUpdate(Protocol):

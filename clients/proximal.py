@@ -3,7 +3,8 @@
 The local objective gets the proximal term ``mu/2 * ||w - w_global||^2``, whose
 gradient ``mu * (w - w_global)`` is added to every step's gradient. ``w_global``
 is the model as it was when local training started (the global shared part as
-sent, plus whatever the personaliser loaded). ``mu`` is the ``proximal-mu`` the
+sent); a personaliser's private parameters (``LocalContext.private_keys``) get no
+proximal term. ``mu`` is the ``proximal-mu`` the
 server sent in the message's config (Flower's FedProx sends it).
 """
 
@@ -24,14 +25,17 @@ if TYPE_CHECKING:
 MU_KEY = "proximal-mu"
 
 
-def proximal_hook(model: nn.Module, mu: float, device: torch.device) -> GradHook:
-    """A grad hook adding ``mu * (w - w0)``, with ``w0`` the parameters as they are now."""
-    start = {name: p.detach().to(device, copy=True) for name, p in model.named_parameters()}
+def proximal_hook(model: nn.Module, mu: float, device: torch.device,
+                  skip: frozenset[str] = frozenset()) -> GradHook:
+    """A grad hook adding ``mu * (w - w0)``, with ``w0`` the parameters as they are now
+    (parameters named in ``skip``, e.g. a personaliser's private ones, get no term)."""
+    start = {name: p.detach().to(device, copy=True) for name, p in model.named_parameters()
+             if name not in skip}
 
     @torch.no_grad()
     def hook(m: nn.Module) -> None:
         for name, p in m.named_parameters():
-            if p.grad is not None:
+            if p.grad is not None and name in start:
                 p.grad.add_(p - start[name], alpha=mu)
 
     return hook
@@ -45,4 +49,5 @@ class ProximalUpdate:
             raise ValueError(f"the proximal update needs {MU_KEY!r} in the server's config "
                              f"(strategy 'fedprox' sends it)")
         mu = float(lc.server_config[MU_KEY])
-        return local_sgd(model, lc, grad_hook=proximal_hook(model, mu, lc.device))
+        return local_sgd(model, lc, grad_hook=proximal_hook(model, mu, lc.device,
+                                                            lc.private_keys))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedpers.devices import MAX_STEPS
 from fedpers.training import GradHook, TrainResult, derive_seed, train_local
 
 if TYPE_CHECKING:
@@ -47,12 +48,22 @@ def step_budget(cfg: RunConfig, partition_id: int, num_train: int) -> int | None
     return max(1, int(math.floor(cfg.straggler_work * full_steps(cfg, num_train))))
 
 
+def server_budget(lc: LocalContext) -> int | None:
+    """The step budget the server sent (``max-steps``: partial work under a round
+    deadline, fedpers.devices), or ``None``."""
+    value = lc.server_config.get(MAX_STEPS)
+    return None if value is None else max(1, int(value))
+
+
 def local_sgd(model: nn.Module, lc: LocalContext,
               grad_hook: GradHook | None = None) -> TrainResult:
-    """Local mini-batch SGD as the run config asks, cut short for stragglers."""
+    """Local mini-batch SGD as the run config asks, cut short for stragglers and to
+    the server's step budget."""
     cfg = lc.cfg
     x, y = lc.data.x_train, lc.data.y_train
+    budgets = [b for b in (step_budget(cfg, lc.partition_id, len(x)), server_budget(lc))
+               if b is not None]
     return train_local(model, x, y, kind=lc.kind, epochs=cfg.local_epochs,
                        batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                        seed=lc.seed, device=lc.device, grad_hook=grad_hook,
-                       max_steps=step_budget(cfg, lc.partition_id, len(x)))
+                       max_steps=min(budgets, default=None))

@@ -41,7 +41,7 @@ from fedpers.config import ConfigError, RunConfig, parse_run_config
 logger = logging.getLogger(__name__)
 
 DEFINITION_FILE = "benchmark.toml"
-TOP_LEVEL_KEYS = ("seeds", "target-accuracy", "base", "variants", "quick")
+TOP_LEVEL_KEYS = ("seeds", "target-accuracy", "base", "variants", "quick", "quick-variants")
 # Set by the runner, never by a benchmark: one seed per run comes from ``seeds``.
 RESERVED_KEYS = ("seed", "experiment", "tracking-uri", "mlflow-run-id")
 # ``--quick``: a few seconds per run on the digits task; a benchmark's [quick] wins.
@@ -90,6 +90,8 @@ class Benchmark:
     seeds: tuple[int, ...]
     target_accuracy: float | None = None
     quick: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # the variants ``--quick`` runs (all when empty): big sweeps name a representative few
+    quick_variants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -232,10 +234,24 @@ def load_benchmark(folder: str | Path) -> Benchmark:
     bench = Benchmark(name=path.resolve().name, folder=path, base=MappingProxyType(base),
                       variants=_variants(path, data, base), seeds=_seeds(path, data["seeds"]),
                       target_accuracy=_target(path, data.get("target-accuracy")),
-                      quick=MappingProxyType(quick))
+                      quick=MappingProxyType(quick),
+                      quick_variants=_quick_variants(path, data, data.get("variants", {})))
     _check_distinct(bench)
     _check_quick(bench)
     return bench
+
+
+def _quick_variants(folder: Path, data: Mapping[str, Any],
+                    variants: Mapping[str, Any]) -> tuple[str, ...]:
+    value = data.get("quick-variants", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _error(folder, "'quick-variants' must be a list of variant names")
+    unknown = [v for v in value if v not in variants]
+    if unknown:
+        raise _error(folder, f"'quick-variants' names unknown variant(s) "
+                             f"{', '.join(map(repr, unknown))}; variants: "
+                             f"{', '.join(variants)}")
+    return tuple(value)
 
 
 def _check_distinct(bench: Benchmark) -> None:
@@ -293,7 +309,10 @@ def plan_runs(bench: Benchmark, *, seeds: int | None = None, rounds: int | None 
               ) -> tuple[PlannedRun, ...]:
     """Every variant x seed of a sweep, each config validated before anything runs."""
     runs = []
-    for variant in bench.variants:
+    variants = bench.variants
+    if quick and bench.quick_variants:
+        variants = tuple(v for v in variants if v.name in bench.quick_variants)
+    for variant in variants:
         for seed in select_seeds(bench.seeds, seeds, quick):
             raw = merge_config(bench, variant, seed, rounds=rounds, quick=quick,
                                experiment=experiment, tracking_uri=tracking_uri)
@@ -338,11 +357,10 @@ def child_runs(client: Any, experiment_id: str, parent_id: str) -> list[Any]:
 
 def _open_parent(bench: Benchmark, runs: tuple[PlannedRun, ...], digest: str, quick: bool,
                  experiment: str, uri: str) -> tuple[Any, str, str]:
-    from fedpers.tracking import Tracker
+    from fedpers.tracking import Tracker, ensure_experiment, resolve_tracking_uri
 
     client = Tracker.connect(uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = ensure_experiment(client, resolve_tracking_uri(uri), experiment)
     parent = find_parent(client, exp_id, bench.name, digest)
     if parent is not None:
         logger.info("resuming benchmark %s: parent run %s", bench.name, parent)

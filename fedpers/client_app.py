@@ -2,9 +2,11 @@
 
 Message contract (what the ServerApp sends and expects back):
 
-- ``query``: reply ``MetricRecord`` "info" with ``partition-id`` and ``num-examples``.
+- ``query``: reply ``MetricRecord`` "info" with ``partition-id`` and ``num-examples``
+  (and the device-profile keys of the node config, ``fedpers.devices.PROFILE_KEYS``).
 - ``train``: in ``ArrayRecord`` "arrays" (global shared parameters) and
-  ``ConfigRecord`` "config" (``server-round``); out ``ArrayRecord`` "arrays" (the
+  ``ConfigRecord`` "config" (``server-round``; ``max-steps``, a local step budget,
+  under a round deadline with partial work); out ``ArrayRecord`` "arrays" (the
   encoded shared parameters) and ``MetricRecord`` "metrics" (``num-examples``,
   ``train-loss``, ``steps``, ``partition-id``). A strategy may add ArrayRecords both
   ways (``StrategySpec.extra_records``, e.g. SCAFFOLD's ``control``): the local update
@@ -31,6 +33,7 @@ from fedpers import metrics as fm
 from fedpers.compression import encode_reply_arrays, received_arrays
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
+from fedpers.devices import reported_profile
 from fedpers.rounds import to_array_record
 from fedpers.training import anomaly_scores, derive_seed, evaluate, resolve_device
 from strategies import STRATEGIES
@@ -150,7 +153,10 @@ def query(msg: Message, context: Context) -> Message:
     cfg = client_config(context)
     pid = partition_id(context, cfg)
     fed = load_federated(DataSpec.from_config(cfg))
-    info = MetricRecord({"partition-id": pid, "num-examples": fed.clients[pid].num_train})
+    # A SuperNode may report its device (node config keys compute-sps, up-bps, ...):
+    # the server's simulated clock then uses these instead of drawn values.
+    info = MetricRecord({"partition-id": pid, "num-examples": fed.clients[pid].num_train,
+                         **reported_profile(context.node_config)})
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 

@@ -28,6 +28,7 @@ PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 DEVICES = ("auto", "cpu", "cuda")
 # Tasks whose clients are given by the data (partition = "natural").
 NATURAL_TASKS = ("npz", "shakespeare")
+DEVICE_PROFILES = ("none", "lognormal", "trace")  # fedpers.devices.PROFILES
 
 
 def _positive(v: Any) -> str | None:
@@ -48,6 +49,10 @@ def _open_fraction(v: Any) -> str | None:
 
 def _unit_interval(v: Any) -> str | None:
     return None if 0.0 <= v <= 1.0 else "must be in [0, 1]"
+
+
+def _unit_open(v: Any) -> str | None:
+    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
 
 
 def _momentum(v: Any) -> str | None:
@@ -164,6 +169,23 @@ class RunConfig:
     apfl_alpha: float = _key("apfl-alpha", 0.25, _unit_interval,
                              doc="apfl: initial weight of the local model in the mix "
                                  "(learned per client afterwards)")
+    # devices and selection (issue 7)
+    device_profile: str = _key("device-profile", "none", _one_of(DEVICE_PROFILES),
+                               doc="simulated clock: 'none' (off), 'lognormal' (seeded "
+                                   "profiles), 'trace' (from device-trace)")
+    device_trace: str = _key("device-trace", "",
+                             doc="device-profile=trace: CSV with partition-id, compute-sps, "
+                                 "up-bps, down-bps, availability")
+    round_deadline: float = _key("round-deadline", 0.0, _non_negative,
+                                 doc="simulated seconds per round; slower clients are "
+                                     "dropped (0 = no deadline)")
+    device_availability: float = _key("device-availability", 1.0, _fraction,
+                                      doc="lognormal: mean chance a client is online in a "
+                                          "round")
+    device_dropout: float = _key("device-dropout", 0.0, _unit_open,
+                                 doc="chance a client drops out mid-round")
+    pow_d: int = _key("pow-d", 0, _non_negative,
+                      doc="pow-d: candidates sampled per round (0 = 2 x the round size)")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -297,6 +319,32 @@ def _check_combination(cfg: RunConfig) -> None:
     if cfg.error_feedback and cfg.codec == "none":
         raise ConfigError("run-config key 'error-feedback' = true needs a lossy codec; "
                           "'codec' is 'none', which sends everything")
+    _check_devices(cfg)
+
+
+def _check_devices(cfg: RunConfig) -> None:
+    if cfg.device_profile == "trace" and not cfg.device_trace:
+        raise ConfigError("run-config key 'device-trace' must name a CSV file for "
+                          "device-profile 'trace'")
+    if cfg.device_trace and cfg.device_profile != "trace":
+        raise ConfigError(f"run-config key 'device-trace' is set but 'device-profile' is "
+                          f"{cfg.device_profile!r}; set device-profile = 'trace' to use it")
+    if cfg.device_profile == "none":
+        for key, value, neutral in (("round-deadline", cfg.round_deadline, 0.0),
+                                    ("device-availability", cfg.device_availability, 1.0),
+                                    ("device-dropout", cfg.device_dropout, 0.0)):
+            if value != neutral:
+                raise ConfigError(f"run-config key {key!r} = {value!r} needs the simulated "
+                                  f"clock; set device-profile = 'lognormal' or 'trace'")
+    if cfg.device_profile == "trace" and cfg.device_availability != 1.0:
+        raise ConfigError("run-config key 'device-availability' applies to device-profile "
+                          "'lognormal'; a trace gives each client's availability")
+    if cfg.selection == "deadline" and cfg.round_deadline <= 0:
+        raise ConfigError("run-config key 'selection' = 'deadline' needs 'round-deadline' > 0 "
+                          "(and a device-profile)")
+    if cfg.pow_d and cfg.selection != "pow-d":
+        raise ConfigError(f"run-config key 'pow-d' = {cfg.pow_d} applies to selection "
+                          f"'pow-d'; 'selection' is {cfg.selection!r}")
 
 
 def parse_set_args(items: list[str]) -> dict[str, Any]:

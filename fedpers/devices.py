@@ -1,4 +1,4 @@
-"""Device heterogeneity on a simulated clock (issue 7). Pure numpy: no Flower, no torch.
+"""Device heterogeneity on a simulated clock (issue 7). No Flower import.
 
 Each client has a :class:`DeviceProfile`: how fast it trains (samples per second),
 its uplink and downlink bandwidth (bytes per second), its chance of being online in
@@ -65,7 +65,6 @@ from fedpers.training import derive_seed
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
 
-PROFILES = ("none", "lognormal", "trace")
 # Keys a SuperNode may set in its node config (and sends in its handshake reply).
 PROFILE_KEYS = ("compute-sps", "up-bps", "down-bps", "availability", "dropout")
 TRACE_COLUMNS = ("partition-id", "compute-sps", "up-bps", "down-bps", "availability")
@@ -135,7 +134,7 @@ class LogNormal:
         return float(self.median * math.exp(self.sigma * rng.standard_normal()))
 
 
-COMPUTE_SPS = LogNormal(0.005 * math.e and 1.0 / (0.005 * math.e))  # 73.6 samples/s
+COMPUTE_SPS = LogNormal(1.0 / (0.005 * math.e))  # 73.6 samples/s (13.6 ms per sample)
 DOWN_BPS = LogNormal(5.0e6)  # 40 Mbit/s
 UP_BPS = LogNormal(1.5e6)  # 12 Mbit/s
 
@@ -331,7 +330,6 @@ __all__ = [
     "DeviceError",
     "DeviceProfile",
     "MAX_STEPS",
-    "PROFILES",
     "PROFILE_KEYS",
     "RoundTiming",
     "build_clock",

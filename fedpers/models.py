@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["CNN", "MLP", "ConvAutoencoder", "DenseAutoencoder", "head_keys"]
+__all__ = ["CNN", "MLP", "CharLSTM", "ConvAutoencoder", "DenseAutoencoder", "head_keys"]
 
 
 def _dense_stack(sizes: Sequence[int]) -> nn.Sequential:
@@ -146,6 +146,29 @@ class ConvAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+class CharLSTM(nn.Module):
+    """Next-character model: embedding 8 -> LSTM 64 -> head 64 -> characters (~25k
+    parameters; LEAF's Shakespeare model, arXiv 1812.01097, with one 64-unit layer
+    instead of two of 256).
+
+    ``forward`` takes character codes (any dtype, shape ``(n, seq_len)``) and returns
+    the logits of the next character from the last time step. The body is the
+    embedding and the LSTM.
+    """
+
+    head_prefixes: tuple[str, ...] = ("head.",)
+
+    def __init__(self, num_chars: int, embed: int = 8, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_chars, embed)
+        self.lstm = nn.LSTM(embed, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, num_chars)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(x.long()))
+        return self.head(out[:, -1])
 
 
 def head_keys(model: nn.Module) -> list[str]:

@@ -44,6 +44,9 @@ class Roster:
 
     partition_of: dict[int, int] = field(default_factory=dict)  # node id -> partition id
     num_examples: dict[int, int] = field(default_factory=dict)  # partition id -> n train
+    # partition id -> anything else the client put in its handshake reply (e.g. the
+    # device profile a SuperNode reports from its node config, fedpers.devices)
+    reported: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def node_of(self) -> dict[int, int]:
         return {p: n for n, p in self.partition_of.items()}
@@ -91,6 +94,9 @@ def refresh_roster(grid: Grid, roster: Roster, num_clients: int, timeout: float)
             continue
         roster.partition_of[node] = pid
         roster.num_examples[pid] = int(info.get("num-examples", 0))
+        roster.reported[pid] = {k: float(v) for k, v in info.items()
+                                if k not in ("partition-id", "num-examples")
+                                and isinstance(v, (int, float))}
         added.append(pid)
     return sorted(added)
 

@@ -79,10 +79,11 @@ class RoundLog:
 
 
 def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    """Decimal units (1 kB = 1000 B), as in ``fedpers report``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
+        n /= 1000
     return f"{n:.2f} GB"
 
 
@@ -246,6 +247,7 @@ class Experiment:
         logger.info("task %s: %d clients, %d model parameters, strategy %s, selection %s, "
                     "codec %s, personalization %s", cfg.task, len(self.roster.partition_of),
                     n_params, cfg.strategy, cfg.selection, cfg.codec, cfg.personalization)
+        aggregated = 0
         for rnd in range(1, cfg.num_server_rounds + 1):
             t0 = time.perf_counter()
             out = RoundLog()
@@ -258,7 +260,11 @@ class Experiment:
             out.metrics.update(self.bytes.metrics())
             self.tracker.log_metrics(out.metrics, step=rnd)
             self._progress(rnd, out.metrics, time.perf_counter() - t0)
+            aggregated += int(out.metrics.get("clients/trained", 0) >= cfg.min_train_clients)
         self._log_artifacts()
+        if aggregated == 0:
+            raise RuntimeError(f"no round aggregated any client update ({cfg.num_server_rounds} "
+                               f"rounds); every round's metrics are logged, the run is FAILED")
 
     def _progress(self, rnd: int, m: dict[str, float], seconds: float) -> None:
         parts = [f"round {rnd}/{self.cfg.num_server_rounds}"]

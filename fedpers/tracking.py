@@ -60,6 +60,26 @@ def version_tags() -> dict[str, str]:
     return tags
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a sqlite store (``<db dir>/mlruns``).
+
+    MLflow's own default is ``./mlruns`` of whatever folder the process runs in.
+    """
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+    return None
+
+
+def ensure_experiment(client: Any, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside the store) if needed."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root(uri)
+    location = f"{root}/{name}" if root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
 class Tracker:
     """One MLflow run of one federated experiment."""
 
@@ -105,8 +125,7 @@ class Tracker:
         """Create a new run (and the experiment if needed)."""
         client = cls.connect(tracking_uri)
         uri = resolve_tracking_uri(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        exp_id = ensure_experiment(client, uri, experiment)
         all_tags = {**version_tags(), **(tags or {})}
         if run_name:
             all_tags["mlflow.runName"] = run_name

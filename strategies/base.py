@@ -28,12 +28,17 @@ class StrategySpec:
     model (e.g. SCAFFOLD's ``"control"``). The round loop checks each of them like
     the model (names it knows, shapes, finite values) and passes them on to the
     strategy; a reply without one of them is rejected.
+
+    ``partial_work``: under a round deadline (``round-deadline``, fedpers.devices)
+    the server gives each client the local steps that fit the deadline (``max-steps``)
+    and aggregates that partial work, instead of dropping clients that are too slow.
     """
 
     build: Callable[[RunConfig], Strategy]
     local_update: str = "sgd"  # key in clients.LOCAL_UPDATES
     paper: str = ""
     extra_records: tuple[str, ...] = ()
+    partial_work: bool = False
 
 
 def reply_keys(replies: Sequence[Message], record: str = "arrays") -> list[str]:

@@ -5,7 +5,9 @@ Flower's :class:`flwr.serverapp.strategy.FedProx` is the server half: it average
 like FedAvg (weighted by num-examples) and sends ``proximal-mu`` in the train
 config. The client half (``clients/proximal.py``) adds ``mu * (w - w_global)`` to
 every gradient. Partial work (stragglers taking fewer local steps) is averaged in
-like any other update, as the paper prescribes.
+like any other update, as the paper prescribes; under a round deadline
+(``round-deadline``) each client is given the local steps that fit it
+(``partial_work``).
 """
 
 from __future__ import annotations
@@ -24,4 +26,5 @@ def build(cfg: RunConfig) -> FedProx:
     return FedProx(**TAKE_ALL, proximal_mu=cfg.proximal_mu)
 
 
-FEDPROX = StrategySpec(build=build, local_update="proximal", paper="arXiv 1812.06127")
+FEDPROX = StrategySpec(build=build, local_update="proximal", paper="arXiv 1812.06127",
+                       partial_work=True)

@@ -307,3 +307,20 @@ def test_each_benchmark_runs_quick_end_to_end(folder, tmp_path, monkeypatch):
         assert f"| {v.name} | 1 |" in table
     assert all((out / p).stat().st_size > 0 for p in ("accuracy_vs_round.png",
                                                        "client_accuracy.png"))
+
+
+def test_quick_variants_limit_quick_sweeps_only(tmp_path):
+    from fedpers.bench import BenchmarkError, load_benchmark, plan_runs
+
+    folder = tmp_path / "qv"
+    folder.mkdir()
+    (folder / "README.md").write_text("# qv\n")
+    body = ('seeds = [0, 1]\nquick-variants = ["b"]\n[base]\ntask = "digits"\n'
+            '[variants.a]\nalpha = 0.5\n[variants.b]\nalpha = 1.0\n[variants.c]\nalpha = 2.0\n')
+    (folder / "benchmark.toml").write_text(body)
+    bench = load_benchmark(folder)
+    assert [r.variant for r in plan_runs(bench, quick=True)] == ["b"]
+    assert [r.variant for r in plan_runs(bench)] == ["a", "a", "b", "b", "c", "c"]
+    (folder / "benchmark.toml").write_text(body.replace('["b"]', '["zz"]'))
+    with pytest.raises(BenchmarkError, match="unknown variant.*'zz'"):
+        load_benchmark(folder)

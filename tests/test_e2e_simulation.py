@@ -122,3 +122,18 @@ def test_client_past_the_round_timeout_is_counted_failed(tracking_uri):
     hist = metric_history(tracking_uri, run_id)
     assert [v for _, v in hist["clients/failed"]] == [1, 1]
     assert [v for _, v in hist["clients/trained"]] == [2, 2]
+
+
+def test_run_with_no_update_ever_aggregated_is_failed(tracking_uri):
+    from fedpers.client_app import build_client_app
+    from fedpers.faults import fault_mod
+
+    cfg = parse_run_config({**BASE, "num-server-rounds": 1, "tracking-uri": tracking_uri})
+    app = build_client_app(mods=[fault_mod({0: "raise", 1: "nan", 2: "raise"})])
+    with pytest.raises(Exception, match="no round aggregated"):
+        run_simulation(cfg, client_app=app)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    hist = metric_history(tracking_uri, runs[0].info.run_id)
+    assert [v for _, v in hist["clients/failed"]] == [2]  # the round's metrics are kept

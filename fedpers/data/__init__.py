@@ -16,6 +16,7 @@ from fedpers.data.digits import DigitsTask
 from fedpers.data.fmnist import FmnistTask
 from fedpers.data.fmnist_ad import FmnistAdTask
 from fedpers.data.npz import NpzTask
+from fedpers.data.shakespeare import ShakespeareTask
 from fedpers.data.shuttle_ad import ShuttleAdTask
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ TASKS: dict[str, Task] = {
     "npz": NpzTask(),
     "shuttle-ad": ShuttleAdTask(),
     "fmnist-ad": FmnistAdTask(),
+    "shakespeare": ShakespeareTask(),
 }
 
 

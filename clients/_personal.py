@@ -1,0 +1,120 @@
+"""Pieces the personalisers share: private state in the Flower Context, extra local
+passes, and the base of the methods that keep some parameters on the client.
+
+Private state lives in the client's Context state (``LocalContext.state``, a
+RecordDict kept across rounds) as ArrayRecords built with
+:func:`fedpers.rounds.to_array_record`, never in files.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from clients.work import stragglers
+from fedpers.rounds import to_array_record
+from fedpers.training import GradHook, TrainResult, derive_seed, train_local
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from clients.base import LocalContext, LocalUpdate
+
+
+def model_arrays(model: nn.Module, keys: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Copies of ``model``'s state_dict entries (all, or those in ``keys``) as numpy."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()
+            if keys is None or k in keys}
+
+
+def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Copy ``arrays`` into ``model``'s entries of the same name (others untouched)."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for k, v in arrays.items():
+            state[k].copy_(torch.as_tensor(np.array(v)).reshape(state[k].shape))
+
+
+def load_state(lc: LocalContext, name: str) -> dict[str, np.ndarray] | None:
+    """The ArrayRecord ``name`` of this client's Context state as numpy, or None."""
+    record = lc.state.array_records.get(name)
+    return None if record is None else {k: a.numpy() for k, a in record.items()}
+
+
+def save_state(lc: LocalContext, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """Keep ``arrays`` in this client's Context state under ``name`` (0-d stays 0-d)."""
+    lc.state[name] = to_array_record(arrays)
+
+
+def restore(model: nn.Module, lc: LocalContext, name: str, keys: set[str]) -> bool:
+    """Load the entries ``keys`` of ``model`` from the state record ``name``.
+
+    Entries missing from the record, or whose shape changed, keep the values they
+    have (the server's, the first time a client is selected). Returns whether the
+    record existed.
+    """
+    stored = load_state(lc, name)
+    if stored is None:
+        return False
+    state = model.state_dict()
+    load_arrays(model, {k: v for k, v in stored.items()
+                        if k in keys and k in state and tuple(v.shape) == tuple(state[k].shape)})
+    return True
+
+
+def personal_budget(lc: LocalContext, epochs: int) -> int | None:
+    """Straggler cap of an extra local pass of ``epochs`` epochs (``None``: no cap).
+
+    Stragglers complete ``straggler-work`` of these steps too. The server's per-round
+    step budget (``max-steps``) caps the strategy's local update only.
+    """
+    cfg = lc.cfg
+    if lc.partition_id not in stragglers(cfg):
+        return None
+    steps = epochs * math.ceil(len(lc.data.x_train) / cfg.batch_size)
+    return max(1, int(math.floor(cfg.straggler_work * steps)))
+
+
+def personal_sgd(model: nn.Module, lc: LocalContext, epochs: int, tag: int,
+                 grad_hook: GradHook | None = None) -> TrainResult:
+    """An extra pass of plain local SGD (fine-tuning, a private head, a personal model).
+
+    Same ``lr``, ``momentum`` and ``batch-size`` as the local update; batches drawn
+    from a seed derived from the round's seed and ``tag``.
+    """
+    cfg = lc.cfg
+    return train_local(model, lc.data.x_train, lc.data.y_train, kind=lc.kind, epochs=epochs,
+                       batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                       seed=derive_seed(lc.seed, tag), device=lc.device, grad_hook=grad_hook,
+                       max_steps=personal_budget(lc, epochs))
+
+
+class KeepPrivate:
+    """Base of the methods that keep some state_dict entries on the client (FedPer,
+    FedRep, FedBN): ``private_keys`` says which; they are restored from the Context
+    state record ``state_name`` before each use and stored back after training.
+    Subclasses set ``state_name`` and ``private_keys`` and may override ``local_train``.
+    """
+
+    state_name = "private"
+
+    def private_keys(self, model: nn.Module) -> set[str]:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
+        restore(model, lc, self.state_name, self.private_keys(model))
+
+    def local_train(self, model: nn.Module, update: LocalUpdate,
+                    lc: LocalContext) -> TrainResult:
+        return update.train(model, lc)
+
+    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
+        result = self.local_train(model, update, lc)
+        save_state(lc, self.state_name, model_arrays(model, self.private_keys(model)))
+        return result
+
+    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
+        return model
