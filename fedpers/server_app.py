@@ -22,15 +22,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedpers import metrics as fm
 from fedpers.codecs import build_codec
-from fedpers.comm import ByteCounter, messages_bytes
+from fedpers.comm import ByteCounter, content_bytes, messages_bytes
 from fedpers.compression import UploadStats, encode_broadcast
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, FederatedData, load_federated
+from fedpers.participation import Participation
 from fedpers.rounds import (
     CheckedReply,
     RejectedReply,
@@ -47,7 +48,7 @@ from fedpers.rounds import (
     wait_for_nodes,
     weighted_mean,
 )
-from fedpers.selection import SELECTORS
+from fedpers.selection import build_selector
 from fedpers.tracking import Tracker
 from fedpers.training import derive_seed, evaluate, resolve_device
 from strategies import STRATEGIES
@@ -99,7 +100,7 @@ class Experiment:
         self.device = resolve_device(cfg.device)
         self.strategy = STRATEGIES[cfg.strategy].build(cfg)
         self.extra_records = STRATEGIES[cfg.strategy].extra_records
-        self.selector = SELECTORS[cfg.selection]
+        self.selector = build_selector(cfg)
         self.codec = build_codec(cfg)
         self.codec_down = build_codec(cfg, cfg.codec_down)
         self.bytes = ByteCounter()
@@ -108,15 +109,21 @@ class Experiment:
         self.model = self.task.build_model(self.fed.input_shape, self.fed.num_classes)
         self.global_arrays = {k: v.detach().cpu().numpy().copy()
                               for k, v in self.model.state_dict().items()}
+        # selection statistics and the simulated clock (issue 7, fedpers.participation)
+        model_bytes = content_bytes(RecordDict({"arrays": to_array_record(self.global_arrays)}))
+        self.participation = Participation(cfg, self.roster,
+                                           model_bytes * (1 + len(self.extra_records)),
+                                           STRATEGIES[cfg.strategy].partial_work)
         self.handshake_timeout = max(cfg.round_timeout, MIN_HANDSHAKE_TIMEOUT)
         self.threshold: float | None = None
         self.last_clients: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------ one round
-    def _send(self, messages: list[Message]) -> list[Message]:
+    def _send(self, messages: list[Message], count_up: bool = True) -> list[Message]:
         self.bytes.add_down(messages_bytes(messages))
         replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
-        self.bytes.add_up(messages_bytes(replies))
+        if count_up:
+            self.bytes.add_up(messages_bytes(replies))
         return replies
 
     def _partition(self, reply: Message) -> int:
@@ -125,18 +132,27 @@ class Experiment:
     def train_round(self, rnd: int, out: RoundLog) -> None:
         cfg = self.cfg
         refresh_roster(self.grid, self.roster, cfg.num_clients, self.handshake_timeout)
-        available = self.roster.partitions()
+        part = self.participation
+        available = part.candidates(rnd, self.roster.partitions())  # online ones
         num = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
         rng = np.random.default_rng(derive_seed(cfg.seed, SEED_SELECT, rnd))
-        chosen = self.selector.select(rnd, available, num, rng)
+        chosen = self.selector.select(rnd, available, num, rng, part.stats)
+        out.metrics["fairness/jain_selection"] = part.note_selected(rnd, chosen)
         node_of = self.roster.node_of()
         view = SelectedGrid(self.grid, [node_of[p] for p in chosen])
         messages = list(self.strategy.configure_train(
-            rnd, to_array_record(self.global_arrays), ConfigRecord(), view))
+            rnd, to_array_record(self.global_arrays), ConfigRecord(), view)) if chosen else []
         encode_broadcast(messages, self.codec_down,
                          np.random.default_rng(derive_seed(cfg.seed, SEED_DOWN, rnd, 0)))
-        replies = self._send(messages)
-        failed = len(messages) - len(replies)
+        # the simulated clock: mid-round dropouts get the model but never reply
+        to_send, gone = part.start(rnd, messages)
+        self.bytes.add_down(messages_bytes(gone))
+        replies = self._send(to_send, count_up=part.clock is None) if to_send else []
+        late = part.finish(rnd, replies)  # past the round deadline: dropped
+        if part.clock is not None:  # a late upload is abandoned at the deadline
+            self.bytes.add_up(messages_bytes([r for r in replies
+                                              if self._partition(r) not in late]))
+        failed = len(to_send) - len(replies)
         checked: list[tuple[CheckedReply, Message]] = []
         rejected = 0
         upload = UploadStats(self.codec.lossy)
@@ -145,6 +161,8 @@ class Experiment:
             if reply.has_error():
                 failed += 1
                 logger.warning("round %d: client %d failed: %s", rnd, pid, reply.error.reason)
+                continue
+            if pid in late:
                 continue
             try:
                 arrays, metrics = check_train_reply(reply, self.global_arrays, self.codec,
@@ -169,6 +187,8 @@ class Experiment:
                             "clients/failed": float(failed),
                             "clients/rejected": float(rejected)})
         out.metrics.update(upload.metrics())
+        out.metrics.update(part.metrics())
+        part.note_trained((c.partition_id, c.metrics) for c, _ in valid)
         if len(valid) < cfg.min_train_clients:
             logger.warning("round %d: only %d valid updates (min-train-clients = %d); the "
                            "global model is not updated", rnd, len(valid),
@@ -282,6 +302,9 @@ class Experiment:
                      f"{m.get('clients/rejected', 0):.0f} rejected")
         parts.append(f"up {_fmt_bytes(m['comm/bytes_up'])} "
                      f"down {_fmt_bytes(m['comm/bytes_down'])}")
+        if "time/round_s" in m:  # the simulated clock (device-profile)
+            parts.append(f"simulated {m['time/round_s']:.1f}s (total {m['time/total_s']:.0f}s, "
+                         f"{m['clients/dropped']:.0f} dropped)")
         parts.append(f"{seconds:.1f}s")
         logger.info(" | ".join(parts))
 

@@ -13,12 +13,14 @@ smaller.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
 from fedpers.codecs import _format as f
-from fedpers.codecs.base import l2
+from fedpers.codecs.base import TensorCodec, l2
 from fedpers.codecs.fp16 import FP16_MAX
 from fedpers.codecs.uniform import dequantise, quantise, quantise_error_bound
 
@@ -123,3 +125,21 @@ def decode_indices(r: f.Reader, n: int, k: int, tag: int) -> np.ndarray:
     if k and idx[-1] >= n:
         raise r.fail(f"bad encoding: index {int(idx[-1])} out of range for {n} values")
     return idx
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseCodec(TensorCodec):
+    """What top-k and rand-k share: the kept ``fraction`` and how values are coded."""
+
+    fraction: float = 0.01
+    values: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.values not in VALUE_TAGS:
+            raise ValueError(f"values must be one of {', '.join(VALUE_TAGS)}")
+
+    def configure(self, cfg: Any) -> SparseCodec:
+        return dataclasses.replace(self, fraction=float(cfg.sparse_fraction),
+                                   values=str(cfg.sparse_values))

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from fedpers.codecs import _format as f
 from fedpers.codecs import _sparse as sp
-from fedpers.codecs.base import TensorCodec
 
 PARAMS = struct.Struct("<IQ")  # k, seed
 
@@ -38,22 +37,10 @@ def random_subset(n: int, k: int, seed: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class RandKCodec(TensorCodec):
-    fraction: float = 0.01
-    values: str = "fp32"
+class RandKCodec(sp.SparseCodec):
 
     name: ClassVar[str] = "randk"
     tag: ClassVar[int] = 6
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.values not in sp.VALUE_TAGS:
-            raise ValueError(f"values must be one of {', '.join(sp.VALUE_TAGS)}")
-
-    def configure(self, cfg: Any) -> RandKCodec:
-        return dataclasses.replace(self, fraction=float(cfg.sparse_fraction),
-                                   values=str(cfg.sparse_values))
 
     def _encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n, k = x.size, sp.keep_count(x.size, self.fraction)

@@ -17,32 +17,19 @@ bound (largest gap ``n - 1``); :meth:`TopKCodec.nbytes_given_gap` the exact size
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from fedpers.codecs import _format as f
 from fedpers.codecs import _sparse as sp
-from fedpers.codecs.base import TensorCodec
 
 
 @dataclasses.dataclass(frozen=True)
-class TopKCodec(TensorCodec):
-    fraction: float = 0.01
-    values: str = "fp32"
+class TopKCodec(sp.SparseCodec):
 
     name: ClassVar[str] = "topk"
     tag: ClassVar[int] = 5
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.values not in sp.VALUE_TAGS:
-            raise ValueError(f"values must be one of {', '.join(sp.VALUE_TAGS)}")
-
-    def configure(self, cfg: Any) -> TopKCodec:
-        return dataclasses.replace(self, fraction=float(cfg.sparse_fraction),
-                                   values=str(cfg.sparse_values))
 
     def select(self, x: np.ndarray) -> np.ndarray:
         """Sorted indices of the k largest |x| (ties broken by numpy's partition)."""

@@ -1,0 +1,42 @@
+"""Local fine-tuning of the global model before evaluation (the classic personalisation
+baseline; e.g. Wang et al., "Federated Evaluation of On-device Personalization",
+arXiv 1910.10252).
+
+Training is FedAvg's (every parameter shared, nothing kept). Before each evaluation
+the client fine-tunes a copy of the global model it was sent for ``finetune-epochs``
+epochs of local SGD on its own training data and evaluates that copy; the copy is
+thrown away, so nothing is stored between rounds. For anomaly tasks this fine-tunes
+the autoencoder on the device's normal data, and the device's threshold is then
+calibrated on the fine-tuned model.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+from clients._personal import personal_sgd
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from clients.base import LocalContext, LocalUpdate
+    from fedpers.training import TrainResult
+
+SEED_FINETUNE = 51
+
+
+class FineTune:
+    def private_keys(self, model: nn.Module) -> set[str]:
+        return set()
+
+    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
+        return None
+
+    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
+        return update.train(model, lc)
+
+    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
+        tuned = copy.deepcopy(model)
+        personal_sgd(tuned, lc, lc.cfg.finetune_epochs, SEED_FINETUNE)
+        return tuned
