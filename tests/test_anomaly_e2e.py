@@ -35,6 +35,10 @@ def test_reference_scenario_reaches_auroc_099(shuttle_run):
                 "eval/threshold"):
         assert key in hist, key
     assert 0.0 < hist["eval/global_f1"][-1][1] <= 1.0
+    # each device's F1 at the server's one threshold, from the second evaluation on (the
+    # first has no global threshold yet), next to the F1 at its own threshold
+    assert [s for s, _ in hist["eval/client_f1_global_threshold_mean"]] == [2, 3, 4, 5]
+    assert [s for s, _ in hist["eval/client_f1_mean"]] == [1, 2, 3, 4, 5]
 
 
 def _shuttle_rows(tmp_path: Path, n: int = 300) -> tuple[Path, np.ndarray]:

@@ -3,18 +3,25 @@
 import numpy as np
 import pytest
 
-from fedpers.selection import SELECTORS
+from fedpers.config import parse_run_config
+from fedpers.selection import SELECTORS, ClientStats
 
 
 @pytest.mark.parametrize("name", sorted(SELECTORS))
 def test_selector_is_reproducible_and_valid(name):
-    sel = SELECTORS[name]
+    # every client fits a 10 s deadline (selection=deadline needs one); more contract
+    # tests over SELECTORS: tests/selection/test_selector_contract.py
+    sel = SELECTORS[name].configure(parse_run_config(
+        {"selection": name, "device-profile": "lognormal", "round-deadline": 10.0}))
     cands = list(range(20))
-    a = sel.select(3, cands, 5, np.random.default_rng(7))
-    b = sel.select(3, cands, 5, np.random.default_rng(7))
+    stats = ClientStats()
+    for p in cands:
+        stats[p].expected_s = 1.0 + p / 10
+    a = sel.select(3, cands, 5, np.random.default_rng(7), stats)
+    b = sel.select(3, cands, 5, np.random.default_rng(7), stats)
     assert a == b
     assert len(a) == len(set(a)) == 5 and set(a) <= set(cands) and a == sorted(a)
-    assert sel.select(3, cands, 50, np.random.default_rng(7)) == cands
+    assert sel.select(3, cands, 50, np.random.default_rng(7), stats) == cands
 
 
 def test_uniform_covers_all_clients_over_many_draws():

@@ -175,10 +175,11 @@ def load_speakers(data_dir: str = "") -> list[tuple[str, str, tuple[str, ...]]]:
     return list(_parse_folder(str(texts_dir(data_dir))))
 
 
-def eligible_speakers(data_dir: str = "", min_chars: int = MIN_CHARS
+def eligible_speakers(data_dir: str = "", min_chars: int | None = None
                       ) -> list[tuple[str, str, tuple[str, ...]]]:
-    """The speakers with at least ``min_chars`` characters of speech."""
-    return [s for s in load_speakers(data_dir) if sum(len(t) for t in s[2]) >= min_chars]
+    """The speakers with at least ``min_chars`` (default :data:`MIN_CHARS`) characters."""
+    least = MIN_CHARS if min_chars is None else min_chars
+    return [s for s in load_speakers(data_dir) if sum(len(t) for t in s[2]) >= least]
 
 
 def _speaker_seed(seed: int, play: str, role: str) -> int:
@@ -259,7 +260,8 @@ class ShakespeareTask:
                     return chosen
         raise ValueError(f"task 'shakespeare': run-config 'num-clients' = {spec.num_clients} "
                          f"but only {len(chosen)} speakers have >= {MIN_CHARS} characters and "
-                         f"a usable train/test split; lower num-clients")
+                         f"a usable train/test split (of {len(pool)} with enough characters); "
+                         f"lower num-clients")
 
     def load(self, spec: DataSpec) -> FederatedData:
         """Parse the plays (cached), choose speakers, build and cap the windows."""

@@ -50,6 +50,17 @@ class ClientStats:
         """Whether the client has reported a training loss."""
         return self.get(partition_id).last_loss is not None
 
+    def tried(self, partition_id: int) -> bool:
+        """Whether the client has reported a loss or been timed on the clock (a client
+        that missed the deadline has a duration but no loss)."""
+        rec = self.get(partition_id)
+        return rec.last_loss is not None or rec.last_duration_s is not None
+
+    def mean_loss(self) -> float | None:
+        """The mean of the clients' last reported losses (None: no loss yet)."""
+        losses = [r.last_loss for r in self.clients.values() if r.last_loss is not None]
+        return float(np.mean(losses)) if losses else None
+
     def note_selected(self, server_round: int, partition_ids: Iterable[int]) -> None:
         for p in partition_ids:
             rec = self[p]

@@ -2,14 +2,16 @@
 Efficient Federated Learning via Guided Participant Selection", OSDI 2021,
 arXiv 2010.06081), without the pacer and the blacklist.
 
-Each round a share ``eps`` of the slots goes to *exploration* of clients that have
-never reported a loss, the rest to *exploitation* of the others by utility:
+Each round a share ``eps`` of the slots goes to *exploration* of clients never
+tried (no reported loss, never timed on the clock), the rest to *exploitation* of
+the others by utility:
 
 - statistical utility ``|B_i| * loss_i``: the client's training-set size times the
   training loss it last reported. (Oort uses ``|B_i| * sqrt(mean of squared
   per-sample losses)``; clients here report the mean loss, a lower bound of that
-  root mean square.) Clipped at its 90th percentile over the candidates, then
-  scaled to [0, 1];
+  root mean square.) A client that was timed but never delivered a loss (it missed
+  the deadline) gets the mean reported loss, and its measured duration penalises it
+  below. Clipped at its 90th percentile over the candidates, then scaled to [0, 1];
 - plus a staleness bonus ``sqrt(0.1 * ln(round) / last_round_i)``, which grows for
   clients not selected for a long time;
 - times a system penalty ``(T / t_i) ** alpha`` for a client whose round time
@@ -82,8 +84,11 @@ class OortSelector:
         """Oort's utility of each explored client (statistical + staleness, penalised)."""
         if not explored:
             return {}
-        raw = np.array([max(stats.get(p).num_examples, 1) * stats.get(p).last_loss
-                        for p in explored], dtype=float)
+        mean = stats.mean_loss()
+        losses = [stats.get(p).last_loss for p in explored]
+        raw = np.array([max(stats.get(p).num_examples, 1)
+                        * (loss if loss is not None else mean if mean is not None else 1.0)
+                        for p, loss in zip(explored, losses, strict=True)], dtype=float)
         raw = np.minimum(raw, np.quantile(raw, self.clip_quantile))
         span = raw.max() - raw.min()
         scaled = (raw - raw.min()) / span if span > 0 else np.zeros_like(raw)
@@ -100,8 +105,8 @@ class OortSelector:
         stats = stats or ClientStats()
         pool = sorted(int(p) for p in candidates)
         num = max(0, min(num, len(pool)))
-        explored = [p for p in pool if stats.seen(p)]
-        unexplored = [p for p in pool if not stats.seen(p)]
+        explored = [p for p in pool if stats.tried(p)]
+        unexplored = [p for p in pool if not stats.tried(p)]
         n_exploit = min(len(explored), int(num * (1.0 - self.explore_share(server_round))))
         n_explore = min(len(unexplored), num - n_exploit)
         n_exploit = min(len(explored), num - n_explore)  # fill up when few are unseen

