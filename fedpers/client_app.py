@@ -44,10 +44,6 @@ logger = logging.getLogger(__name__)
 
 # Tags that keep the random streams of different uses apart.
 SEED_TRAIN, SEED_CODEC = 1, 2
-# Anomaly tasks: the server's current global threshold (evaluate config) and the
-# reply metric of each device's F1 at it.
-GLOBAL_THRESHOLD = "global-threshold"
-F1_GLOBAL_THRESHOLD = "f1-global-threshold"
 
 
 @lru_cache(maxsize=8)
@@ -156,12 +152,12 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         threshold = fm.calibrate_threshold(anomaly_scores(model, data.x_val, lc.device),
                                            lc.cfg.threshold_percentile)
         out.update({"threshold": threshold, "num-val": int(len(data.x_val))})
-        global_threshold = lc.server_config.get(GLOBAL_THRESHOLD)
+        global_threshold = lc.server_config.get(fm.GLOBAL_THRESHOLD)
         if global_threshold is not None and len(data.x_test):
             # the same model's F1 with the server's one threshold, for comparison
             scores = anomaly_scores(model, data.x_test, lc.device)
-            out[F1_GLOBAL_THRESHOLD] = fm.threshold_metrics(data.y_test, scores,
-                                                            float(global_threshold))["f1"]
+            out[fm.F1_GLOBAL_THRESHOLD] = fm.threshold_metrics(
+                data.y_test, scores, float(global_threshold))["f1"]
     out.update(evaluate(model, data.x_test, data.y_test, kind=lc.kind, device=lc.device,
                         threshold=threshold))
     return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)

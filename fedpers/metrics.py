@@ -7,6 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
+#: Anomaly tasks: the evaluate-config key with the server's current global threshold,
+#: and the reply metric of each device's F1 at it (next to ``f1`` at its own threshold).
+GLOBAL_THRESHOLD = "global-threshold"
+F1_GLOBAL_THRESHOLD = "f1-global-threshold"
+
 
 def ranking_metrics(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """AUROC and AUPRC of ``scores`` (higher = more anomalous); empty if one class only."""

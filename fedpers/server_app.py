@@ -32,7 +32,6 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients import PERSONALIZERS
 from fedpers import metrics as fm
-from fedpers.client_app import F1_GLOBAL_THRESHOLD, GLOBAL_THRESHOLD
 from fedpers.codecs import build_codec
 from fedpers.comm import ByteCounter, content_bytes, messages_bytes
 from fedpers.compression import UploadStats, encode_broadcast
@@ -226,7 +225,7 @@ class Experiment:
         config = ConfigRecord()
         if self.threshold is not None:
             # anomaly tasks: devices also report their F1 at the one global threshold
-            config[GLOBAL_THRESHOLD] = float(self.threshold)
+            config[fm.GLOBAL_THRESHOLD] = float(self.threshold)
         messages = list(self.strategy.configure_evaluate(
             rnd, to_array_record(self.global_arrays), config, view))
         encode_broadcast(messages, self.codec_down,
@@ -246,7 +245,7 @@ class Experiment:
         rows.sort(key=lambda r: r["partition-id"])
         out.client_rows = rows
         out.metrics["clients/evaluated"] = float(len(rows))
-        for key in ("accuracy", "loss", "auroc", "f1", F1_GLOBAL_THRESHOLD):
+        for key in ("accuracy", "loss", "auroc", "f1", fm.F1_GLOBAL_THRESHOLD):
             vals = [r[key] for r in rows if key in r]
             for stat, value in fm.summarize(vals).items():
                 out.metrics[f"eval/client_{key.replace('-', '_')}_{stat}"] = value

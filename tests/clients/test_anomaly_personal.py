@@ -8,9 +8,10 @@ import torch
 from flwr.app import Context, RecordDict
 from personal_helpers import call_eval, task_identity  # noqa: F401 - fixture
 
-from fedpers.client_app import F1_GLOBAL_THRESHOLD, GLOBAL_THRESHOLD, evaluate_local
+from fedpers.client_app import evaluate_local
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS
+from fedpers.metrics import F1_GLOBAL_THRESHOLD, GLOBAL_THRESHOLD
 from fedpers.server_app import Experiment, RoundLog
 
 CFG = {"task": "shuttle-ad", "num-clients": 3, "partition": "iid",
