@@ -16,25 +16,18 @@ import copy
 from typing import TYPE_CHECKING
 
 from clients._personal import personal_sgd
+from clients.none import NoPersonalization
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from clients.base import LocalContext, LocalUpdate
-    from fedpers.training import TrainResult
+    from clients.base import LocalContext
 
 SEED_FINETUNE = 51
 
 
-class FineTune:
-    def private_keys(self, model: nn.Module) -> set[str]:
-        return set()
-
-    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
-        return None
-
-    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
-        return update.train(model, lc)
+class FineTune(NoPersonalization):
+    """Trains and uploads like FedAvg; only evaluation differs."""
 
     def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
         tuned = copy.deepcopy(model)
