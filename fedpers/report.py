@@ -8,8 +8,8 @@ and writes into ``--out``:
 - ``summary.md``: per variant, mean ± std over seeds (sample std, ddof=1; no ± for
   one seed) of the final global accuracy, the final client accuracy mean and 10th
   percentile, total bytes up and down at the last round (MB = 10^6 bytes), the
-  rounds and total bytes (up + down) until the global accuracy first reaches the
-  target, and ``time/total_s`` where logged. "k/n" marks a target that only k of
+  rounds, total bytes (up + down) and uplink bytes until the global accuracy first
+  reaches the target, and ``time/total_s`` (total and at the target) where logged. "k/n" marks a target that only k of
   n seeds reached;
 - ``summary.csv``: the same numbers, unrounded;
 - ``accuracy_vs_round.png``, ``accuracy_vs_uplink.png`` (log x),
@@ -74,13 +74,16 @@ class ChildRun:
         h = self.history.get(key, ())
         return h[-1][1] if h else None
 
-    def first_reaching(self, target: float) -> tuple[int, float] | None:
-        """(round, bytes up + down so far) where global accuracy first reaches ``target``."""
+    def first_reaching(self, target: float) -> tuple[int, float, float, float] | None:
+        """(round, bytes up + down, bytes up, simulated seconds) so far where global
+        accuracy first reaches ``target`` (seconds NaN when no clock was logged)."""
         up = dict(self.history.get(UP_TOTAL, ()))
         down = dict(self.history.get(DOWN_TOTAL, ()))
+        clock = dict(self.history.get(TIME_TOTAL, ()))
         for step, acc in self.history.get(ACC, ()):
             if acc >= target:
-                return step, up.get(step, math.nan) + down.get(step, math.nan)
+                up_b = up.get(step, math.nan)
+                return step, up_b + down.get(step, math.nan), up_b, clock.get(step, math.nan)
         return None
 
 
@@ -110,6 +113,8 @@ class VariantRow:
     rounds_to_target: float
     bytes_to_target: float
     time_s: tuple[float, float]
+    up_to_target: float = math.nan
+    time_to_target: float = math.nan
 
 
 # ------------------------------------------------------------------ reading
@@ -234,6 +239,8 @@ def summarize_variant(variant: str, runs: Sequence[ChildRun], target: float | No
         rounds_to_target=_mean_std([float(h[0]) for h in hits])[0],
         bytes_to_target=_mean_std([h[1] for h in hits])[0],
         time_s=_mean_std([r.final(TIME_TOTAL) for r in runs]),
+        up_to_target=_mean_std([h[2] for h in hits])[0],
+        time_to_target=_mean_std([h[3] for h in hits if not math.isnan(h[3])])[0],
     )
 
 
@@ -260,18 +267,25 @@ def markdown_table(rows: Sequence[VariantRow], target: float | None) -> str:
     head = ["variant", "seeds", "global acc", "client acc (mean)", "client acc (p10)",
             "MB up", "MB down"]
     if target is not None:
-        head += [f"rounds to {target:g}", f"MB to {target:g} (up+down)"]
+        head += [f"rounds to {target:g}", f"MB to {target:g} (up+down)",
+                 f"MB up to {target:g}"]
     if with_time:
         head.append("time (s)")
+        if target is not None:
+            head.append(f"time to {target:g} (s)")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [r.variant, str(r.n), _pm(r.acc, r.n), _pm(r.client_mean, r.n),
                  _pm(r.client_p10, r.n), _mb(r.bytes_up), _mb(r.bytes_down)]
         if target is not None:
             cells += [_to_target(f"{r.rounds_to_target:.1f}", r),
-                      _to_target(_mb(r.bytes_to_target), r)]
+                      _to_target(_mb(r.bytes_to_target), r),
+                      _to_target(_mb(r.up_to_target), r)]
         if with_time:
             cells.append(_pm(r.time_s, r.n, "{:.1f}"))
+            if target is not None:
+                cells.append(_to_target("–" if math.isnan(r.time_to_target)
+                                        else f"{r.time_to_target:.1f}", r))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -281,14 +295,14 @@ def write_csv(rows: Sequence[VariantRow], path: Path) -> None:
     fields = ["variant", "seeds", "global_acc_mean", "global_acc_std", "client_acc_mean",
               "client_acc_mean_std", "client_acc_p10", "client_acc_p10_std", "bytes_up",
               "bytes_down", "seeds_reaching_target", "rounds_to_target", "bytes_to_target",
-              "time_s_mean", "time_s_std"]
+              "time_s_mean", "time_s_std", "up_bytes_to_target", "time_to_target_s"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(fields)
         for r in rows:
             w.writerow([r.variant, r.n, *r.acc, *r.client_mean, *r.client_p10, r.bytes_up,
                         r.bytes_down, r.reached, r.rounds_to_target, r.bytes_to_target,
-                        *r.time_s])
+                        *r.time_s, r.up_to_target, r.time_to_target])
 
 
 # -------------------------------------------------------------------- plots

@@ -87,25 +87,26 @@ def test_table_numbers_are_exact(fake_sweep, tmp_path):
     rep = make_report(parent, out=tmp_path / "out", tracking_uri=uri)
     header = rep.table.splitlines()[0]
     assert header == ("| variant | seeds | global acc | client acc (mean) | client acc (p10) "
-                      "| MB up | MB down | rounds to 0.7 | MB to 0.7 (up+down) |")
+                      "| MB up | MB down | rounds to 0.7 | MB to 0.7 (up+down) | MB up to 0.7 |")
     rows = _rows(rep.table)
     assert list(rows) == ["slim", "fast"]  # the benchmark's declared order
     # fast: final acc 0.8, 0.9 -> mean 0.85, sample std 0.0707; client mean 0.7/0.8;
     # p10 0.5/0.6; 3 MB up, 6 MB down; target 0.7 at rounds 2 and 3 (mean 2.5) with
-    # 6 MB and 9 MB up+down (mean 7.5 MB)
+    # 6 MB and 9 MB up+down (mean 7.5 MB), of which 2 MB and 3 MB up (mean 2.5 MB)
     assert rows["fast"] == ["fast", "2", "0.8500 ± 0.0707", "0.7500 ± 0.0707",
-                            "0.5500 ± 0.0707", "3.00", "6.00", "2.5", "7.50"]
-    # slim: only seed 1 reaches 0.7 (round 3, 4.5 MB)
+                            "0.5500 ± 0.0707", "3.00", "6.00", "2.5", "7.50", "2.50"]
+    # slim: only seed 1 reaches 0.7 (round 3, 4.5 MB, 1.5 MB of it up)
     assert rows["slim"] == ["slim", "2", "0.6500 ± 0.0707", "0.5000 ± 0.0000",
-                            "0.2500 ± 0.0707", "1.50", "3.00", "3.0 (1/2)", "4.50 (1/2)"]
+                            "0.2500 ± 0.0707", "1.50", "3.00", "3.0 (1/2)", "4.50 (1/2)",
+                            "1.50 (1/2)"]
 
 
 def test_target_override_and_not_reached(fake_sweep, tmp_path):
     uri, parent = fake_sweep
     rows = _rows(make_report(parent, out=tmp_path, tracking_uri=uri, target_accuracy=0.85,
                              log_to_parent=False).table)
-    assert rows["fast"][-2:] == ["3.0 (1/2)", "9.00 (1/2)"]
-    assert rows["slim"][-2:] == ["not reached", "not reached"]
+    assert rows["fast"][-3:] == ["3.0 (1/2)", "9.00 (1/2)", "3.00 (1/2)"]
+    assert rows["slim"][-3:] == ["not reached", "not reached", "not reached"]
 
 
 def test_csv_holds_unrounded_figures(fake_sweep, tmp_path):
@@ -149,6 +150,11 @@ def test_experiment_name_finds_the_latest_sweep_and_cli_prints_the_table(fake_sw
     # one seed: no ±; no target declared: no target columns; time where logged
     assert _rows(rep.table)["slim"] == ["slim", "1", "0.6000", "0.5000", "0.2000", "1.50",
                                         "3.00", "12.5"]
+    # with a target and the simulated clock: time to target = time/total_s at that round
+    rep = make_report("fake-bench", out=tmp_path / "t", tracking_uri=uri,
+                      target_accuracy=0.6, log_to_parent=False)
+    assert rep.table.splitlines()[0].endswith("| MB up to 0.6 | time (s) | time to 0.6 (s) |")
+    assert _rows(rep.table)["slim"][-5:] == ["3.0", "4.50", "1.50", "12.5", "12.5"]
 
 
 def test_unknown_target_fails_clearly(tracking_uri, capsys):
