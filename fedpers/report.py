@@ -9,8 +9,8 @@ and writes into ``--out``:
   one seed) of the final global accuracy, the final client accuracy mean and 10th
   percentile, total bytes up and down at the last round (MB = 10^6 bytes), the
   rounds, total bytes (up + down) and uplink bytes until the global accuracy first
-  reaches the target, and ``time/total_s`` (total and at the target) where logged. "k/n" marks a target that only k of
-  n seeds reached;
+  reaches the target, and ``time/total_s`` (total and at the target) where logged.
+  "k/n" marks a target that only k of n seeds reached;
 - ``summary.csv``: the same numbers, unrounded;
 - ``accuracy_vs_round.png``, ``accuracy_vs_uplink.png`` (log x),
   ``client_accuracy.png`` (each client's accuracy in the last evaluation round,
