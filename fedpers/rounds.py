@@ -153,19 +153,32 @@ def check_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: C
         raise RejectedReply(f"cannot read arrays: {type(exc).__name__}: {exc}") from exc
     if not arrays:
         raise RejectedReply("empty update")
-    for name, arr in arrays.items():
-        ref = reference.get(name)
-        if ref is None:
-            raise RejectedReply(f"unknown parameter {name!r}")
-        if arr.shape != ref.shape:
-            raise RejectedReply(f"parameter {name!r} has shape {arr.shape}, "
-                                f"expected {ref.shape}")
-        if arr.dtype != ref.dtype:
-            raise RejectedReply(f"parameter {name!r} has dtype {arr.dtype}, "
-                                f"expected {ref.dtype}")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise RejectedReply(f"parameter {name!r} has NaN or Inf values")
+    _check_arrays(arrays, reference, "parameter", same_dtype=True)
     return arrays, metrics
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                  where: str, same_dtype: bool) -> None:
+    """Names, shapes, dtypes and finiteness of arrays against the global ``reference``.
+
+    ``same_dtype``: the reference's dtype exactly (model parameters); otherwise any
+    floating-point dtype (a strategy's extra records, e.g. control variates).
+    """
+    for key, arr in arrays.items():
+        ref = reference.get(key)
+        if ref is None:
+            raise RejectedReply(f"{where}: unknown parameter {key!r}")
+        if arr.shape != ref.shape:
+            raise RejectedReply(f"{where} {key!r} has shape {arr.shape}, "
+                                f"expected {ref.shape}")
+        if same_dtype and arr.dtype != ref.dtype:
+            raise RejectedReply(f"{where} {key!r} has dtype {arr.dtype}, "
+                                f"expected {ref.dtype}")
+        if not same_dtype and arr.dtype.kind != "f":
+            raise RejectedReply(f"{where} {key!r} has dtype {arr.dtype}, "
+                                f"expected floating point")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise RejectedReply(f"{where} {key!r} has NaN or Inf values")
 
 
 def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
@@ -186,18 +199,7 @@ def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
         except Exception as exc:  # noqa: BLE001 - undeserialisable arrays
             raise RejectedReply(f"cannot read ArrayRecord {name!r}: "
                                 f"{type(exc).__name__}: {exc}") from exc
-        for key, arr in arrays.items():
-            ref = reference.get(key)
-            if ref is None:
-                raise RejectedReply(f"ArrayRecord {name!r}: unknown parameter {key!r}")
-            if arr.shape != ref.shape:
-                raise RejectedReply(f"ArrayRecord {name!r}: {key!r} has shape {arr.shape}, "
-                                    f"expected {ref.shape}")
-            if arr.dtype.kind != "f":
-                raise RejectedReply(f"ArrayRecord {name!r}: {key!r} has dtype {arr.dtype}, "
-                                    f"expected floating point")
-            if not np.isfinite(arr).all():
-                raise RejectedReply(f"ArrayRecord {name!r}: {key!r} has NaN or Inf values")
+        _check_arrays(arrays, reference, f"ArrayRecord {name!r}", same_dtype=False)
         out[name] = arrays
     return out
 

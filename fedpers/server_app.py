@@ -104,8 +104,9 @@ class Experiment:
         self.task = TASKS[cfg.task]
         self.fed: FederatedData = load_federated(DataSpec.from_config(cfg))
         self.device = resolve_device(cfg.device)
-        self.strategy = STRATEGIES[cfg.strategy].build(cfg)
-        self.extra_records = STRATEGIES[cfg.strategy].extra_records
+        spec = STRATEGIES[cfg.strategy]
+        self.strategy = spec.build(cfg)
+        self.extra_records = spec.extra_records
         self.selector = build_selector(cfg)
         self.codec = build_codec(cfg)
         self.codec_down = build_codec(cfg, cfg.codec_down)
@@ -122,7 +123,7 @@ class Experiment:
         model_bytes = content_bytes(RecordDict({"arrays": to_array_record(self.global_arrays)}))
         self.participation = Participation(cfg, self.roster,
                                            model_bytes * (1 + len(self.extra_records)),
-                                           STRATEGIES[cfg.strategy].partial_work)
+                                           spec.partial_work)
         self.handshake_timeout = max(cfg.round_timeout, MIN_HANDSHAKE_TIMEOUT)
         self.threshold: float | None = None
         self.last_clients: list[dict[str, Any]] = []

@@ -140,6 +140,17 @@ class SparseCodec(TensorCodec):
         if self.values not in VALUE_TAGS:
             raise ValueError(f"values must be one of {', '.join(VALUE_TAGS)}")
 
+    def _check_header(self, r: f.Reader, n: int, k: int, vtag: int) -> None:
+        """The kept count and value coding in a payload must be this run's."""
+        if k != keep_count(n, self.fraction):
+            raise r.fail(f"bad header: {k} values, this run keeps "
+                         f"{keep_count(n, self.fraction)} of {n}")
+        if vtag != VALUE_TAGS[self.values]:
+            name = VALUE_NAMES.get(vtag)
+            if name is None:
+                raise r.fail(f"bad header: unknown value dtype tag {vtag}")
+            raise r.fail(f"bad header: values coded as {name}, this run uses {self.values}")
+
     def configure(self, cfg: Any) -> SparseCodec:
         return dataclasses.replace(self, fraction=float(cfg.sparse_fraction),
                                    values=str(cfg.sparse_values))

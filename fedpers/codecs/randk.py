@@ -54,14 +54,7 @@ class RandKCodec(sp.SparseCodec):
         r = f.Reader(buf, name)
         vtag, _ = r.header(self.tag, self.name, n)
         k, seed = r.unpack(PARAMS)
-        if k != sp.keep_count(n, self.fraction):
-            raise r.fail(f"bad header: {k} values, this run keeps "
-                         f"{sp.keep_count(n, self.fraction)} of {n}")
-        if vtag != sp.VALUE_TAGS[self.values]:
-            name_ = sp.VALUE_NAMES.get(vtag)
-            if name_ is None:
-                raise r.fail(f"bad header: unknown value dtype tag {vtag}")
-            raise r.fail(f"bad header: values coded as {name_}, this run uses {self.values}")
+        self._check_header(r, n, k, vtag)
         values = sp.decode_values(r, k, vtag)
         r.finish()
         out = np.zeros(n, np.float32)

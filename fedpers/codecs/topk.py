@@ -49,14 +49,7 @@ class TopKCodec(sp.SparseCodec):
         r = f.Reader(buf, name)
         vtag, itag = r.header(self.tag, self.name, n)
         (k,) = r.unpack(f.U32)
-        if k != sp.keep_count(n, self.fraction):
-            raise r.fail(f"bad header: {k} values, this run keeps "
-                         f"{sp.keep_count(n, self.fraction)} of {n}")
-        if vtag != sp.VALUE_TAGS[self.values]:
-            name_ = sp.VALUE_NAMES.get(vtag)
-            if name_ is None:
-                raise r.fail(f"bad header: unknown value dtype tag {vtag}")
-            raise r.fail(f"bad header: values coded as {name_}, this run uses {self.values}")
+        self._check_header(r, n, k, vtag)
         values = sp.decode_values(r, k, vtag)
         idx = sp.decode_indices(r, n, k, itag)
         r.finish()
