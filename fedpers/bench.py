@@ -6,7 +6,16 @@ A benchmark lives in ``benchmarks/NAME/``::
     benchmark.toml   seeds = [..], target-accuracy = 0.7 (optional),
                      [base] run-config keys shared by every run,
                      [variants.NAME] the keys one variant changes,
-                     [quick] overrides for ``--quick`` (optional)
+                     [quick] overrides for ``--quick`` (optional),
+                     reference = "NAME" or [reference] (optional, see below)
+
+``reference`` names the variant every other one is compared with (``reference =
+"fp32"``), or, as a table, several references each with the variants it is the
+reference of (``[reference]`` ``"fedavg-a0.1" = ["fedprox-0.1-a0.1", ...]``).
+``fedpers report`` then adds a table of each variant against its reference: the
+accuracy difference, the uplink-bytes ratio, and the rounds and uplink bytes until
+the global accuracy first reaches ``reference-fraction`` (default 1.0) times the
+reference's final accuracy (mean over seeds).
 
 ``fedpers bench benchmarks/NAME`` runs every variant x seed through
 :func:`fedpers.simulation.run_simulation` (the path of ``fedpers run``), each as a
@@ -41,7 +50,8 @@ from fedpers.config import ConfigError, RunConfig, parse_run_config
 logger = logging.getLogger(__name__)
 
 DEFINITION_FILE = "benchmark.toml"
-TOP_LEVEL_KEYS = ("seeds", "target-accuracy", "base", "variants", "quick", "quick-variants")
+TOP_LEVEL_KEYS = ("seeds", "target-accuracy", "base", "variants", "quick", "quick-variants",
+                  "reference", "reference-fraction")
 # Set by the runner, never by a benchmark: one seed per run comes from ``seeds``.
 RESERVED_KEYS = ("seed", "experiment", "tracking-uri", "mlflow-run-id")
 # ``--quick``: a few seconds per run on the digits task; a benchmark's [quick] wins.
@@ -64,6 +74,8 @@ TAG_QUICK = "fedpers.bench.quick"
 TAG_VARIANT = "fedpers.bench.variant"
 TAG_SEED = "fedpers.bench.seed"
 TAG_DIGEST = "fedpers.config_digest"
+TAG_REFERENCES = "fedpers.bench.references"  # JSON: variant -> its reference variant
+TAG_REFERENCE_FRACTION = "fedpers.bench.reference_fraction"
 
 
 class BenchmarkError(ConfigError):
@@ -92,6 +104,9 @@ class Benchmark:
     quick: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # the variants ``--quick`` runs (all when empty): big sweeps name a representative few
     quick_variants: tuple[str, ...] = ()
+    # variant -> the variant it is compared with (a reference maps to itself)
+    references: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    reference_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,46 @@ def _target(folder: Path, value: Any) -> float | None:
     return float(value)
 
 
+def _references(folder: Path, value: Any, variants: tuple[Variant, ...]) -> dict[str, str]:
+    """``reference`` as variant -> reference variant (each reference maps to itself)."""
+    names = [v.name for v in variants]
+
+    def known(name: Any, where: str) -> str:
+        if not isinstance(name, str) or name not in names:
+            raise _error(folder, f"{where} names {name!r}, which is not a variant; "
+                                 f"variants: {', '.join(names)}")
+        return name
+
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        ref = known(value, "'reference'")
+        return {n: ref for n in names}
+    if not isinstance(value, dict) or not value:
+        raise _error(folder, "'reference' must be a variant name, or a [reference] table "
+                             "mapping each reference variant to the variants compared with it")
+    out: dict[str, str] = {}
+    for ref, members in value.items():
+        known(ref, "[reference]")
+        if not isinstance(members, list):
+            raise _error(folder, f"[reference] {ref!r} must map to a list of variant names")
+        for m in [ref, *members]:
+            known(m, f"[reference] {ref!r}")
+            if out.get(m, ref) != ref:
+                raise _error(folder, f"[reference]: variant {m!r} has two references, "
+                                     f"{out[m]!r} and {ref!r}")
+            out[m] = ref
+    return out
+
+
+def _fraction(folder: Path, value: Any) -> float:
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise _error(folder, f"'reference-fraction' must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 def _check_config(folder: Path, where: str, raw: Mapping[str, Any]) -> RunConfig:
     try:
         return parse_run_config(raw)
@@ -231,11 +286,17 @@ def load_benchmark(folder: str | Path) -> Benchmark:
         raise _error(path, "'seeds' is missing, e.g. seeds = [0, 1, 2]")
     base = _table(path, data, "base", "[base]")
     quick = _table(path, data, "quick", "[quick]")
+    variants = _variants(path, data, base)
     bench = Benchmark(name=path.resolve().name, folder=path, base=MappingProxyType(base),
-                      variants=_variants(path, data, base), seeds=_seeds(path, data["seeds"]),
+                      variants=variants, seeds=_seeds(path, data["seeds"]),
                       target_accuracy=_target(path, data.get("target-accuracy")),
                       quick=MappingProxyType(quick),
-                      quick_variants=_quick_variants(path, data, data.get("variants", {})))
+                      quick_variants=_quick_variants(path, data, data.get("variants", {})),
+                      references=MappingProxyType(
+                          _references(path, data.get("reference"), variants)),
+                      reference_fraction=_fraction(path, data.get("reference-fraction")))
+    if "reference-fraction" in data and not bench.references:
+        raise _error(path, "'reference-fraction' is set but no 'reference' is declared")
     _check_distinct(bench)
     _check_quick(bench)
     return bench
@@ -355,6 +416,13 @@ def child_runs(client: Any, experiment_id: str, parent_id: str) -> list[Any]:
         order_by=["attributes.start_time ASC"], max_results=10_000))
 
 
+def _reference_tags(bench: Benchmark) -> dict[str, str]:
+    if not bench.references:
+        return {}
+    return {TAG_REFERENCES: json.dumps(dict(bench.references), separators=(",", ":")),
+            TAG_REFERENCE_FRACTION: repr(bench.reference_fraction)}
+
+
 def _open_parent(bench: Benchmark, runs: tuple[PlannedRun, ...], digest: str, quick: bool,
                  experiment: str, uri: str) -> tuple[Any, str, str]:
     from fedpers.tracking import Tracker, ensure_experiment, resolve_tracking_uri
@@ -365,10 +433,14 @@ def _open_parent(bench: Benchmark, runs: tuple[PlannedRun, ...], digest: str, qu
     if parent is not None:
         logger.info("resuming benchmark %s: parent run %s", bench.name, parent)
         client.set_terminated(parent, status="RUNNING")
+        # how the report compares variants is not part of what runs: kept up to date
+        for key, value in _reference_tags(bench).items():
+            client.set_tag(parent, key, value)
         return client, exp_id, parent
     tags = {TAG_BENCH: bench.name, TAG_HASH: digest, TAG_QUICK: str(quick).lower(),
             TAG_VARIANTS: ",".join(v.name for v in bench.variants),
-            TAG_SEEDS: ",".join(str(s) for s in sorted({r.seed for r in runs}))}
+            TAG_SEEDS: ",".join(str(s) for s in sorted({r.seed for r in runs})),
+            **_reference_tags(bench)}
     if bench.target_accuracy is not None:
         tags[TAG_TARGET] = repr(bench.target_accuracy)
     name = f"{bench.name} (quick)" if quick else bench.name

@@ -11,10 +11,17 @@ and writes into ``--out``:
   rounds, total bytes (up + down) and uplink bytes until the global accuracy first
   reaches the target, and ``time/total_s`` (total and at the target) where logged.
   "k/n" marks a target that only k of n seeds reached;
+- with a ``reference`` in the benchmark, a second table in ``summary.md`` (and
+  ``reference.csv``): each variant against its reference variant, the difference
+  of final global accuracy in points, the ratio of total uplink bytes, and the
+  rounds, uplink bytes (also as a ratio to the reference's) and simulated time until
+  the global accuracy first reaches ``reference-fraction`` x the reference's final
+  accuracy (mean over the reference's seeds);
 - ``summary.csv``: the same numbers, unrounded;
 - ``accuracy_vs_round.png``, ``accuracy_vs_uplink.png`` (log x),
   ``client_accuracy.png`` (each client's accuracy in the last evaluation round,
-  from the children's ``client_metrics.csv``).
+  from the children's ``client_metrics.csv``), and ``accuracy_vs_time.png`` where
+  the runs logged the simulated clock (``time/total_s``).
 
 The files are also logged as artifacts of the parent run under ``report/``.
 """
@@ -22,14 +29,16 @@ The files are also logged as artifacts of the parent run under ``report/``.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -37,6 +46,8 @@ import numpy as np
 from fedpers.bench import (
     TAG_BENCH,
     TAG_HASH,
+    TAG_REFERENCE_FRACTION,
+    TAG_REFERENCES,
     TAG_RUN_NAME,
     TAG_TARGET,
     TAG_VARIANT,
@@ -54,6 +65,7 @@ DOWN_TOTAL = "comm/bytes_down_total"
 TIME_TOTAL = "time/total_s"
 HISTORY_KEYS = (ACC, CLIENT_MEAN, CLIENT_P10, UP_TOTAL, DOWN_TOTAL, TIME_TOTAL)
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_uplink.png", "client_accuracy.png")
+TIME_PLOT = "accuracy_vs_time.png"  # only where the runs logged the simulated clock
 
 
 class ReportError(ValueError):
@@ -96,6 +108,9 @@ class Source:
     name: str
     variants: tuple[str, ...]
     target: float | None
+    # variant -> the variant it is compared with
+    references: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    reference_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -150,9 +165,11 @@ def resolve_source(client: Any, target: str) -> Source:
     tags = parent.data.tags
     variants = tuple(v for v in tags.get(TAG_VARIANTS, "").split(",") if v)
     target_acc = float(tags[TAG_TARGET]) if tags.get(TAG_TARGET) else None
+    refs = json.loads(tags[TAG_REFERENCES]) if tags.get(TAG_REFERENCES) else {}
     return Source(parent_id, parent.info.experiment_id,
                   tags.get(TAG_BENCH) or tags.get(TAG_RUN_NAME) or parent_id, variants,
-                  target_acc)
+                  target_acc, MappingProxyType(refs),
+                  float(tags.get(TAG_REFERENCE_FRACTION) or 1.0))
 
 
 @contextmanager
@@ -255,7 +272,8 @@ def _mb(value: float) -> str:
     return "–" if math.isnan(value) else f"{value / 1e6:.2f}"
 
 
-def _to_target(value: str, row: VariantRow) -> str:
+def _to_target(value: str, row: VariantRow | ReferenceRow) -> str:
+    """``value``, "k/n" when only k of n seeds got there, "not reached" when none did."""
     if row.reached == 0:
         return "not reached"
     return value if row.reached == row.n else f"{value} ({row.reached}/{row.n})"
@@ -305,6 +323,92 @@ def write_csv(rows: Sequence[VariantRow], path: Path) -> None:
                         *r.time_s, r.up_to_target, r.time_to_target])
 
 
+# ---------------------------------------------------------- vs the reference
+@dataclass(frozen=True)
+class ReferenceRow:
+    """A variant against its reference variant (NaN where absent)."""
+
+    variant: str
+    reference: str
+    n: int
+    goal: float             # reference-fraction x the reference's mean final accuracy
+    acc_delta: float        # final global accuracy minus the reference's, in points
+    up_ratio: float         # total uplink bytes / the reference's
+    reached: int
+    rounds_to_goal: float
+    up_to_goal: float
+    up_to_goal_ratio: float  # uplink bytes to the goal / the reference's
+    time_to_goal: float
+    time_to_goal_ratio: float  # simulated seconds to the goal / the reference's
+
+
+def compare_to_references(groups: Mapping[str, Sequence[ChildRun]],
+                          rows: Mapping[str, VariantRow], references: Mapping[str, str],
+                          fraction: float) -> list[ReferenceRow]:
+    """Each variant with a finished reference, against that reference."""
+    out = []
+    for variant, runs in groups.items():
+        ref = references.get(variant)
+        if ref is None or ref not in rows:
+            continue
+        ref_row = rows[ref]
+        goal = fraction * ref_row.acc[0]
+        mine = summarize_variant(variant, runs, goal)
+        theirs = summarize_variant(ref, groups[ref], goal)
+        out.append(ReferenceRow(
+            variant=variant, reference=ref, n=len(runs), goal=goal,
+            acc_delta=100.0 * (rows[variant].acc[0] - ref_row.acc[0]),
+            up_ratio=rows[variant].bytes_up / ref_row.bytes_up if ref_row.bytes_up else math.nan,
+            reached=mine.reached, rounds_to_goal=mine.rounds_to_target,
+            up_to_goal=mine.up_to_target,
+            up_to_goal_ratio=(mine.up_to_target / theirs.up_to_target
+                              if theirs.reached and theirs.up_to_target else math.nan),
+            time_to_goal=mine.time_to_target,
+            time_to_goal_ratio=(mine.time_to_target / theirs.time_to_target
+                                if theirs.reached and theirs.time_to_target else math.nan)))
+    return out
+
+
+def _ratio(value: float) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{value:.3g}" if value >= 0.01 else f"{value:.2e}"
+
+
+def reference_table(rows: Sequence[ReferenceRow], fraction: float) -> str:
+    """The "against the reference" table as GitHub Markdown."""
+    with_time = any(not math.isnan(r.time_to_goal) for r in rows)
+    goal = "ref final acc" if fraction == 1.0 else f"{fraction:g} x ref final acc"
+    head = ["variant", "reference", "seeds", "Δ acc vs ref (points)", "MB up ÷ ref",
+            f"goal = {goal}", "rounds to goal", "MB up to goal", "MB up to goal ÷ ref"]
+    if with_time:
+        head += ["time to goal (s)", "time to goal ÷ ref"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r.variant, r.reference, str(r.n), f"{r.acc_delta:+.2f}", _ratio(r.up_ratio),
+                 f"{r.goal:.4f}", _to_target(f"{r.rounds_to_goal:.1f}", r),
+                 _to_target(_mb(r.up_to_goal), r), _to_target(_ratio(r.up_to_goal_ratio), r)]
+        if with_time:
+            cells += [_to_target("–" if math.isnan(r.time_to_goal)
+                                 else f"{r.time_to_goal:.1f}", r),
+                      _to_target(_ratio(r.time_to_goal_ratio), r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reference_csv(rows: Sequence[ReferenceRow], path: Path) -> None:
+    fields = ["variant", "reference", "seeds", "goal_accuracy", "acc_delta_points",
+              "bytes_up_ratio", "seeds_reaching_goal", "rounds_to_goal", "up_bytes_to_goal",
+              "up_bytes_to_goal_ratio", "time_to_goal_s", "time_to_goal_ratio"]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(fields)
+        for r in rows:
+            w.writerow([r.variant, r.reference, r.n, r.goal, r.acc_delta, r.up_ratio,
+                        r.reached, r.rounds_to_goal, r.up_to_goal, r.up_to_goal_ratio,
+                        r.time_to_goal, r.time_to_goal_ratio])
+
+
 # -------------------------------------------------------------------- plots
 def _mean_curve(runs: Sequence[ChildRun], key: str) -> dict[int, np.ndarray]:
     """step -> values of ``key`` at that step over the runs that logged it."""
@@ -313,6 +417,10 @@ def _mean_curve(runs: Sequence[ChildRun], key: str) -> dict[int, np.ndarray]:
         for step, value in r.history.get(key, ()):
             per_step.setdefault(step, []).append(value)
     return {s: np.asarray(v) for s, v in sorted(per_step.items())}
+
+
+X_LABELS = {UP_TOTAL: ("cumulative uplink bytes (all clients)", True),
+            TIME_TOTAL: ("simulated time (s)", False)}
 
 
 def _plot_curves(groups: Mapping[str, Sequence[ChildRun]], x_key: str | None,
@@ -338,8 +446,10 @@ def _plot_curves(groups: Mapping[str, Sequence[ChildRun]], x_key: str | None,
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
     if x_key:
-        ax.set_xscale("log")
-        ax.set_xlabel("cumulative uplink bytes (all clients)")
+        label, log_x = X_LABELS[x_key]
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
     else:
         from matplotlib.ticker import MaxNLocator
 
@@ -377,7 +487,8 @@ def _plot_clients(groups: Mapping[str, Sequence[ChildRun]], path: Path, title: s
 
 def write_plots(groups: Mapping[str, Sequence[ChildRun]], target: float | None, out: Path,
                 name: str) -> list[Path]:
-    """The three PNGs (Agg backend); returns their paths."""
+    """The PNGs (Agg backend): :data:`PLOTS`, and :data:`TIME_PLOT` where the runs
+    logged the simulated clock; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,6 +496,10 @@ def write_plots(groups: Mapping[str, Sequence[ChildRun]], target: float | None, 
     _plot_curves(groups, None, target, paths[0], f"{name}: accuracy per round")
     _plot_curves(groups, UP_TOTAL, target, paths[1], f"{name}: accuracy vs uplink bytes")
     _plot_clients(groups, paths[2], f"{name}: per-client accuracy")
+    if any(TIME_TOTAL in r.history for runs in groups.values() for r in runs):
+        paths.append(out / TIME_PLOT)
+        _plot_curves(groups, TIME_TOTAL, target, paths[-1],
+                     f"{name}: accuracy vs simulated time")
     return paths
 
 
@@ -430,9 +545,19 @@ def make_report(target: str, out: str | Path | None = None, tracking_uri: str = 
     table = markdown_table(rows, goal)
     folder = Path(out) if out else Path("reports") / source.name
     folder.mkdir(parents=True, exist_ok=True)
+    extra: list[Path] = []
+    if source.references:
+        ref_rows = compare_to_references(groups, {r.variant: r for r in rows},
+                                         source.references, source.reference_fraction)
+        table += ("\nAgainst the reference variant (goal = "
+                  f"{source.reference_fraction:g} x the reference's final global accuracy, "
+                  "mean over its seeds):\n\n"
+                  + reference_table(ref_rows, source.reference_fraction))
+        write_reference_csv(ref_rows, folder / "reference.csv")
+        extra.append(folder / "reference.csv")
     (folder / "summary.md").write_text(table)
     write_csv(rows, folder / "summary.csv")
-    files = (folder / "summary.md", folder / "summary.csv",
+    files = (folder / "summary.md", folder / "summary.csv", *extra,
              *write_plots(groups, goal, folder, source.name))
     if log_to_parent:
         for f in files:

@@ -165,6 +165,18 @@ BAD = {
     "bad target": ("seeds=[0]\ntarget-accuracy=70\n[base]\nlr=0.1\n[variants.a]\nlr=0.2\n",
                    "'target-accuracy' must be a number in (0, 1]"),
     "not TOML": ("seeds = [0\n", "is not valid TOML"),
+    "unknown reference": ("seeds=[0]\nreference='c'\n[base]\nlr=0.1\n[variants.a]\n"
+                          "lr=0.2\n", "'reference' names 'c', which is not a variant"),
+    "unknown variant under a reference": ("seeds=[0]\n[base]\nlr=0.1\n[variants.a]\n"
+                                          "lr=0.2\n[reference]\na=['z']\n",
+                                          "[reference] 'a' names 'z'"),
+    "two references": ("seeds=[0]\n[base]\nlr=0.1\n[variants.a]\nlr=0.2\n[variants.b]\n"
+                       "lr=0.3\n[variants.c]\nlr=0.4\n[reference]\na=['c']\nb=['c']\n",
+                       "variant 'c' has two references"),
+    "fraction without reference": ("seeds=[0]\nreference-fraction=0.9\n[base]\nlr=0.1\n"
+                                   "[variants.a]\nlr=0.2\n", "no 'reference' is declared"),
+    "bad fraction": ("seeds=[0]\nreference='a'\nreference-fraction=95\n[base]\nlr=0.1\n"
+                     "[variants.a]\nlr=0.2\n", "'reference-fraction' must be a number"),
 }
 
 
@@ -183,6 +195,18 @@ def test_invalid_definitions_fail_before_running(case, tmp_path, monkeypatch):
     assert message in str(info.value)
     assert str(folder) in str(info.value)
     assert not (tmp_path / "m.db").exists()  # failed before touching MLflow
+
+
+def test_references_as_one_name_or_a_table(tmp_path):
+    one = load_benchmark(write_bench(tmp_path / "one", "reference = 'a'\n" + TINY))
+    assert dict(one.references) == {"a": "a", "b": "a"} and one.reference_fraction == 1.0
+    table = TINY + "[variants.c]\nlr = 0.3\n[reference]\nb = ['c']\n"
+    many = load_benchmark(write_bench(tmp_path / "1" / "b", "reference-fraction = 0.95\n" + table))
+    assert dict(many.references) == {"b": "b", "c": "b"} and many.reference_fraction == 0.95
+    # how variants are compared is not part of what runs: same sweep hash
+    plain = load_benchmark(write_bench(tmp_path / "2" / "b", table.split("[reference]")[0]))
+    assert not plain.references
+    assert sweep_hash(many, plan_runs(many)) == sweep_hash(plain, plan_runs(plain))
 
 
 def test_missing_readme_or_folder(tmp_path):

@@ -12,12 +12,14 @@ from fedpers.bench import (
     TAG_BENCH,
     TAG_HASH,
     TAG_PARENT,
+    TAG_REFERENCE_FRACTION,
+    TAG_REFERENCES,
     TAG_TARGET,
     TAG_VARIANT,
     TAG_VARIANTS,
 )
 from fedpers.cli import main
-from fedpers.report import PLOTS, ReportError, make_report
+from fedpers.report import PLOTS, TIME_PLOT, ReportError, make_report
 
 # variant -> seed -> round -> (global acc, client mean, client p10, bytes up, bytes down)
 # Bytes per round: 1 MB up and 2 MB down for "fast", half that for "slim".
@@ -155,6 +157,34 @@ def test_experiment_name_finds_the_latest_sweep_and_cli_prints_the_table(fake_sw
                       target_accuracy=0.6, log_to_parent=False)
     assert rep.table.splitlines()[0].endswith("| MB up to 0.6 | time (s) | time to 0.6 (s) |")
     assert _rows(rep.table)["slim"][-5:] == ["3.0", "4.50", "1.50", "12.5", "12.5"]
+    # the simulated clock also gets its accuracy-vs-time plot
+    assert (tmp_path / "t" / TIME_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "out" / TIME_PLOT).exists()  # the first sweep logged no clock
+
+
+def test_variants_against_their_reference(fake_sweep, tmp_path):
+    import csv
+
+    uri, parent = fake_sweep
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(parent, TAG_REFERENCES, '{"fast":"fast","slim":"fast"}')
+    client.set_tag(parent, TAG_REFERENCE_FRACTION, "0.8")
+    rep = make_report(parent, out=tmp_path, tracking_uri=uri, log_to_parent=False)
+    head, _, ref_table = rep.table.partition("Against the reference variant")
+    assert "Δ acc vs ref" not in head
+    lines = ref_table.strip().splitlines()
+    assert lines[2].startswith("| variant | reference | seeds | Δ acc vs ref (points) |")
+    rows = _rows("\n".join(lines[2:]))
+    # goal = 0.8 x fast's mean final accuracy 0.85 = 0.68. fast reaches it at rounds 2
+    # and 3 (2 MB and 3 MB up, mean 2.5 MB); slim only with seed 1, round 3, 1.5 MB.
+    # slim: final 0.65 vs 0.85 = -20 points; 1.5 MB up vs 3 MB = 0.5; 1.5 / 2.5 = 0.6
+    assert rows["fast"] == ["fast", "fast", "2", "+0.00", "1", "0.6800", "2.5", "2.50", "1"]
+    assert rows["slim"] == ["slim", "fast", "2", "-20.00", "0.5", "0.6800", "3.0 (1/2)",
+                            "1.50 (1/2)", "0.6 (1/2)"]
+    by_variant = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "reference.csv"))}
+    assert float(by_variant["slim"]["up_bytes_to_goal_ratio"]) == pytest.approx(0.6)
+    assert float(by_variant["slim"]["acc_delta_points"]) == pytest.approx(-20.0)
+    assert (tmp_path / "reference.csv") in rep.files
 
 
 def test_unknown_target_fails_clearly(tracking_uri, capsys):
