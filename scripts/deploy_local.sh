@@ -3,14 +3,19 @@
 # loopback (127.0.0.1), each on a free port chosen at start-up.
 #
 #   scripts/deploy_local.sh [-n NUM_SUPERNODES] [-w WORKDIR] [-a APP_DIR] [-t TIMEOUT]
-#                           [-q] [-- RUN_CONFIG_OVERRIDES...]
+#                           [-q] [-s|--secure] [-- RUN_CONFIG_OVERRIDES...]
 #
 # What it does, in order:
 #   1. creates WORKDIR (default: <repo>/deploy-<timestamp>-XXXX, git-ignored) with a
-#      private FLWR_HOME and a `deploy` connection in its config.toml;
+#      private FLWR_HOME and a `deploy` connection in its config.toml; with -s, makes a
+#      fresh CA, a SuperLink certificate and one key pair per SuperNode in
+#      WORKDIR/certs (scripts/make_certs.sh);
 #   2. starts `flower-superlink --insecure` (one port for the Fleet, Control and
-#      Runtime APIs) and waits until it accepts connections;
-#   3. starts N `flower-supernode`s, SuperNode I with
+#      Runtime APIs) and waits until it accepts connections; with -s, it starts it with
+#      TLS (--ssl-*) and --enable-supernode-auth instead, and registers the N SuperNode
+#      public keys with `flwr supernode register`;
+#   3. starts N `flower-supernode`s (with -s: --root-certificates CA and
+#      --auth-supernode-private-key KEY_I instead of --insecure), SuperNode I with
 #      --node-config "partition-id=I num-partitions=N", and waits until the SuperLink
 #      lists all N as online;
 #   4. submits the app with `flwr run WORKDIR/app deploy --stream` (WORKDIR/app: a
@@ -35,6 +40,7 @@ WORKDIR=""
 APP_DIR="$REPO_ROOT"
 TIMEOUT=600
 QUIET=0
+SECURE=0                      # -s/--secure: TLS + SuperNode authentication
 CONNECTION="deploy"           # connection name written to the private config.toml
 STARTUP_TIMEOUT=60            # seconds to wait for the SuperLink / SuperNodes / run id
 STOP_GRACE=15                 # seconds between SIGTERM and SIGKILL at clean-up
@@ -42,7 +48,7 @@ STOP_GRACE=15                 # seconds between SIGTERM and SIGKILL at clean-up
 usage() {
     cat <<EOF
 Usage: $(basename "$0") [-n NUM_SUPERNODES] [-w WORKDIR] [-a APP_DIR] [-t TIMEOUT] [-q]
-                        [-- RUN_CONFIG_OVERRIDES...]
+                        [-s|--secure] [-- RUN_CONFIG_OVERRIDES...]
 
 Start a SuperLink and N SuperNodes on 127.0.0.1, run a Flower app on them with
 'flwr run WORKDIR/app deploy --stream' (WORKDIR/app: a snapshot of APP_DIR), report
@@ -57,7 +63,15 @@ Options:
   -t SECS  run timeout in seconds (default: 600); on timeout the run is stopped and
            the script exits 124
   -q       do not echo the run's log stream (it is still written to WORKDIR/run.log)
-  -h       show this help
+  -s, --secure
+           TLS and SuperNode authentication: make a CA, a SuperLink certificate
+           (SAN 127.0.0.1, localhost) and one EC key pair per SuperNode in
+           WORKDIR/certs, start the SuperLink with TLS and --enable-supernode-auth,
+           register the SuperNodes' public keys and start the SuperNodes with the CA
+           and their private keys (default: everything in clear text, no
+           authentication: --insecure)
+  -h, --help
+           show this help
 
 Run-config overrides are key=value words after '--', e.g.
   $(basename "$0") -n 3 -- num-server-rounds=2 'task="digits"' lr=0.01
@@ -70,14 +84,21 @@ log() { printf '[deploy %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { log "ERROR: $*" >&2; exit 1; }
 
 # ----------------------------------------------------------------------------- args
-while getopts ":n:w:a:t:qh" opt; do
+while getopts ":n:w:a:t:qsh-:" opt; do
     case "$opt" in
         n) NUM_SUPERNODES="$OPTARG" ;;
         w) WORKDIR="$OPTARG" ;;
         a) APP_DIR="$OPTARG" ;;
         t) TIMEOUT="$OPTARG" ;;
         q) QUIET=1 ;;
+        s) SECURE=1 ;;
         h) usage; exit 0 ;;
+        -)  # long options (getopts reads `--secure` as option '-' with value 'secure')
+            case "$OPTARG" in
+                secure) SECURE=1 ;;
+                help) usage; exit 0 ;;
+                *) echo "Unknown option --$OPTARG" >&2; usage >&2; exit 2 ;;
+            esac ;;
         :) echo "Option -$OPTARG needs a value" >&2; usage >&2; exit 2 ;;
         *) echo "Unknown option -$OPTARG" >&2; usage >&2; exit 2 ;;
     esac
@@ -282,6 +303,11 @@ for kv in "${RUN_CONFIG[@]}"; do RUN_CONFIG_ARGS+=(--run-config "$kv"); done
 log "work folder: $WORKDIR"
 log "app: $APP_DIR"
 log "python: $PYTHON"
+if ((SECURE)); then
+    log "mode: SECURE (TLS on the SuperLink's port, SuperNode authentication)"
+else
+    log "mode: INSECURE (--insecure: plain HTTP, any SuperNode may connect; -s for TLS + auth)"
+fi
 
 # ----------------------------------------------------------------- stage the app
 # `flwr run DIR` rewrites DIR/pyproject.toml in place when it has a legacy
@@ -314,24 +340,55 @@ with zipfile.ZipFile(io.BytesIO(fab)) as z:
         print(name)
 EOF_PY
 
+# -------------------------------------------------------------------- credentials
+# Secure mode: a CA made for this run only, a SuperLink certificate for 127.0.0.1 /
+# localhost signed by it, and one EC P-384 key pair per SuperNode, all in
+# WORKDIR/certs (mode 700, private keys 600; the work folder is git-ignored by default,
+# and .pem/.key/key files are never packed into the FAB).
+CERT_DIR="$WORKDIR/certs"
+SUPERLINK_TLS_ARGS=(--insecure)
+if ((SECURE)); then
+    log "making TLS certificates and SuperNode keys in $CERT_DIR"
+    PYTHON="$PYTHON" "$SCRIPT_DIR/make_certs.sh" -n "$NUM_SUPERNODES" "$CERT_DIR" \
+        >"$WORKDIR/certs.log" 2>&1 \
+        || { show_tail "$WORKDIR/certs.log"; die "could not make the certificates"; }
+    sed 's/^\[certs\]/ /' "$WORKDIR/certs.log"
+    SUPERLINK_TLS_ARGS=(--ssl-ca-certfile "$CERT_DIR/ca.crt"
+                        --ssl-certfile "$CERT_DIR/server.pem"
+                        --ssl-keyfile "$CERT_DIR/server.key"
+                        --enable-supernode-auth)
+fi
+
 # ------------------------------------------------------------------------ SuperLink
 read -r -a PORTS <<<"$(free_ports $((NUM_SUPERNODES + 1)))"
 SUPERLINK_PORT="${PORTS[0]}"
 
+# The CLI connection: TLS verified against the run's CA, or plain HTTP.
+if ((SECURE)); then
+    # (a JSON string is a valid TOML basic string: quotes and backslashes escaped)
+    CONNECTION_SECURITY="root-certificates = $("$PYTHON" -c \
+        'import json, sys; print(json.dumps(sys.argv[1]))' "$CERT_DIR/ca.crt")"
+else
+    CONNECTION_SECURITY="insecure = true"
+fi
 cat >"$FLWR_HOME/config.toml" <<EOF
 [superlink]
 default = "$CONNECTION"
 
 [superlink.$CONNECTION]
 address = "127.0.0.1:$SUPERLINK_PORT"
-insecure = true
+$CONNECTION_SECURITY
 EOF
 
-log "starting SuperLink on 127.0.0.1:$SUPERLINK_PORT"
+if ((SECURE)); then
+    log "starting SuperLink on 127.0.0.1:$SUPERLINK_PORT (TLS, --enable-supernode-auth)"
+else
+    log "starting SuperLink on 127.0.0.1:$SUPERLINK_PORT (--insecure)"
+fi
 # All processes run with WORKDIR as their working directory (ServerApp and ClientApp
 # processes inherit it, and the environment, from SuperLink / SuperNode).
 cd "$WORKDIR"
-setsid flower-superlink --insecure \
+setsid flower-superlink "${SUPERLINK_TLS_ARGS[@]}" \
     --host 127.0.0.1 --port "$SUPERLINK_PORT" \
     --database "$WORKDIR/state.db" \
     --disable-runtime-dependency-installation \
@@ -346,11 +403,44 @@ until port_open "$SUPERLINK_PORT"; do
 done
 log "SuperLink ready (pid $SUPERLINK_PID)"
 
+# ---------------------------------------------------------- SuperNode registration
+# With --enable-supernode-auth the SuperLink refuses every SuperNode whose public key
+# was not registered through its Control API first (`flwr supernode register`, over
+# TLS); each registration creates the node (status "registered") and returns its id.
+REGISTERED_NODE_IDS=()
+if ((SECURE)); then
+    : >"$WORKDIR/register.log"
+    for ((i = 0; i < NUM_SUPERNODES; i++)); do
+        reply="$(flwr supernode register "$CERT_DIR/supernode-$i.pub" "$CONNECTION" \
+                 --name "supernode-$i" --format json 2>>"$WORKDIR/register.log")" || true
+        printf '%s\n' "$reply" >>"$WORKDIR/register.log"
+        node_id="$("$PYTHON" -c '
+import json, sys
+try:
+    r = json.loads(sys.argv[1])
+    print(r["node-id"] if r.get("success") else "")
+except (ValueError, KeyError, TypeError):
+    print("")' "$reply")"
+        if [[ -z "$node_id" ]]; then
+            show_tail "$WORKDIR/register.log"
+            die "could not register SuperNode $i's public key"
+        fi
+        REGISTERED_NODE_IDS+=("$node_id")
+        log "registered SuperNode $i's public key (certs/supernode-$i.pub): node id $node_id"
+    done
+fi
+
 # ------------------------------------------------------------------------ SuperNodes
 for ((i = 0; i < NUM_SUPERNODES; i++)); do
     node_home="$WORKDIR/flwr-home-supernode-$i"    # own app install dir per SuperNode
     mkdir -p "$node_home"
-    FLWR_HOME="$node_home" setsid flower-supernode --insecure \
+    if ((SECURE)); then
+        node_security=(--root-certificates "$CERT_DIR/ca.crt"
+                       --auth-supernode-private-key "$CERT_DIR/supernode-$i")
+    else
+        node_security=(--insecure)
+    fi
+    FLWR_HOME="$node_home" setsid flower-supernode "${node_security[@]}" \
         --superlink "127.0.0.1:$SUPERLINK_PORT" \
         --node-config "partition-id=$i num-partitions=$NUM_SUPERNODES" \
         --host 127.0.0.1 --port "${PORTS[$((i + 1))]}" \
@@ -374,6 +464,14 @@ while :; do
     sleep 0.5
 done
 log "$online SuperNode(s) online"
+# The SuperLink's node table (ids, status) as the run starts.
+flwr supernode list "$CONNECTION" --format json >"$WORKDIR/supernodes.json" 2>/dev/null || true
+if ((SECURE)); then
+    log "TLS: the SuperLink's port serves HTTPS only (certificate certs/server.pem," \
+        "CA certs/ca.crt); SuperNodes, 'flwr' and the ServerApp verify it against the CA"
+    log "SuperNode authentication: ${#REGISTERED_NODE_IDS[@]} registered key(s);" \
+        "every SuperNode request is signed with its private key; unregistered keys are refused"
+fi
 
 # ----------------------------------------------------------------------------- run
 log "flwr run $STAGED_APP $CONNECTION --stream ${RUN_CONFIG_ARGS[*]}"
@@ -439,13 +537,23 @@ CLIENT_ERRORS="$(cat "$WORKDIR"/supernode-*.log | grep -c 'ClientApp raised an e
 printf '%s\n' "$INFO" >"$WORKDIR/flwr-ls.json"
 
 # ------------------------------------------------------------------------ results
+DEPLOY_SECURE="$SECURE" DEPLOY_CERT_DIR="$CERT_DIR" \
+DEPLOY_REGISTERED="${REGISTERED_NODE_IDS[*]}" DEPLOY_PORT="$SUPERLINK_PORT" \
 "$PYTHON" - "$INFO" "$WORKDIR/result.json" "$TIMED_OUT" "$RUN_RC" "$WALL" \
     "$CLIENT_ERRORS" "$NUM_SUPERNODES" "$APP_DIR" "$WORKDIR" "${RUN_CONFIG[@]}" <<'EOF'
-import json, sys
+import json, os, sys
 
 (info, out, timed_out, run_rc, wall, client_errors, n, app_dir, workdir,
  *run_config) = sys.argv[1:]
 run = json.loads(info)["runs"][0]
+secure = os.environ["DEPLOY_SECURE"] == "1"
+cert_dir = os.environ["DEPLOY_CERT_DIR"]
+try:
+    with open(os.path.join(workdir, "supernodes.json")) as f:
+        nodes = [{"node-id": nd.get("node-id"), "status": nd.get("status")}
+                 for nd in json.load(f).get("nodes", [])]
+except (OSError, ValueError, AttributeError):
+    nodes = None
 result = {
     "run_id": run["run-id"],
     "status": run["status"],
@@ -461,6 +569,15 @@ result = {
     "run_config": run_config,
     "app_dir": app_dir,
     "workdir": workdir,
+    "superlink_address": f"127.0.0.1:{os.environ['DEPLOY_PORT']}",
+    "security": {
+        "tls": secure,
+        "supernode_auth": secure,
+        "ca_certificate": os.path.join(cert_dir, "ca.crt") if secure else None,
+        "server_certificate": os.path.join(cert_dir, "server.pem") if secure else None,
+        "registered_node_ids": os.environ["DEPLOY_REGISTERED"].split(),
+        "supernodes_at_start": nodes,
+    },
 }
 with open(out, "w") as f:
     json.dump(result, f, indent=2)
@@ -470,6 +587,13 @@ print(f"[deploy] status: {result['status']}"
       + (f" ({result['status_details']})" if result["status_details"] not in (None, "", "N/A") else ""))
 print(f"[deploy] SuperLink traffic bytes: inbound={b.get('inbound-bytes')} "
       f"outbound={b.get('outbound-bytes')} total={b.get('total-bytes')}")
+sec = result["security"]
+if secure:
+    print(f"[deploy] security: TLS (CA {sec['ca_certificate']}), SuperNode authentication "
+          f"with {len(sec['registered_node_ids'])} registered key(s): node ids "
+          + ", ".join(sec["registered_node_ids"]))
+else:
+    print("[deploy] security: none (--insecure: plain HTTP, no SuperNode authentication)")
 if result["clientapp_errors"]:
     print(f"[deploy] WARNING: {result['clientapp_errors']} ClientApp call(s) raised an "
           "exception (see supernode-*.log)")
