@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -55,9 +56,14 @@ def resolve_config(config: str | None, sets: list[str] | None, experiment: str |
 
 
 def print_summary(run_id: str, tracking_uri: str) -> None:
-    from fedpers.tracking import Tracker
+    from fedpers.tracking import Tracker, TrackingError
 
-    client = Tracker.connect(tracking_uri)
+    try:
+        client = Tracker.connect(tracking_uri)
+    except TrackingError as exc:  # the store went away during the run
+        print(f"\nno summary: {exc}\nrun id: {run_id} (if its records were saved to a "
+              f"fallback file, the warning above says how to send them)")
+        return
     run = client.get_run(run_id)
     metrics = run.data.metrics
     rounds = max((m.step for m in client.get_metric_history(run_id, "comm/bytes_up")),
@@ -76,16 +82,29 @@ def print_summary(run_id: str, tracking_uri: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from fedpers.checkpoint import CheckpointError, resume_config
     from fedpers.simulation import run_simulation
     from fedpers.tracking import TrackingError, resolve_tracking_uri
 
-    cfg = resolve_config(args.config, args.set, args.experiment, args.tracking_uri)
-    cfg = cfg.replace(**{"tracking-uri": resolve_tracking_uri(cfg.tracking_uri)})
+    if args.resume:
+        if args.config or args.set or args.experiment:
+            print("error: --resume continues a run with its own config; drop --config, "
+                  "--set and --experiment", file=sys.stderr)
+            return 2
+        try:
+            cfg = resume_config(args.tracking_uri or "", args.resume)
+        except (CheckpointError, TrackingError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        logger.info("resuming MLflow run %s", args.resume)
+    else:
+        cfg = resolve_config(args.config, args.set, args.experiment, args.tracking_uri)
+        cfg = cfg.replace(**{"tracking-uri": resolve_tracking_uri(cfg.tracking_uri)})
     logger.info("running %s: %s", cfg.task, " ".join(f"{k}={v}" for k, v in
                                                         cfg.to_dict().items()))
     try:
         run_id = run_simulation(cfg, run_name=args.run_name or "", verbose=args.verbose)
-    except TrackingError as exc:
+    except (TrackingError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(run_id, cfg.tracking_uri)
@@ -142,6 +161,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync_tracking(args: argparse.Namespace) -> int:
+    from fedpers.tracking_outbox import (
+        DEFAULT_FALLBACK_DIR,
+        ENV_FALLBACK_DIR,
+        TrackingOutboxError,
+        replay,
+    )
+
+    path = args.path or os.environ.get(ENV_FALLBACK_DIR) or DEFAULT_FALLBACK_DIR
+    if not args.path and not Path(path).exists():
+        print(f"nothing to send: {path} does not exist")
+        return 0
+    try:
+        res = replay(path, tracking_uri=args.tracking_uri or None)
+    except TrackingOutboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not res.files:
+        print(f"nothing to send: no fallback records under {path}")
+    for (uri, run_id), count in sorted(res.sent.items()):
+        print(f"sent {count} records of run {run_id} to {uri}")
+    if res.refused:
+        print(f"{res.refused} records were refused by the store (see the log above); they "
+              f"are kept in refused.jsonl beside their file", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedpers", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -153,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--experiment", help="MLflow experiment name")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
     run.add_argument("--run-name", help="MLflow run name")
+    run.add_argument("--resume", metavar="RUN_ID",
+                     help="continue this MLflow run from its last checkpoint "
+                          "(checkpoint-every > 0), in the same run")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(fn=cmd_run)
 
@@ -186,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="list every run-config key with its default")
     keys.set_defaults(fn=cmd_keys)
+
+    sync = sub.add_parser("sync-tracking",
+                          help="send tracking records saved during an MLflow outage")
+    sync.add_argument("path", nargs="?",
+                      help="fallback folder, a run's folder in it, or one records-*.jsonl "
+                           "(default $FEDPERS_TRACKING_FALLBACK_DIR, else ./mlflow-fallback)")
+    sync.add_argument("--tracking-uri",
+                      help="send to this store instead of the one the records name")
+    sync.set_defaults(fn=cmd_sync_tracking)
     return p
 
 

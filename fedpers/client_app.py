@@ -17,6 +17,12 @@ Message contract (what the ServerApp sends and expects back):
   ``f1``, ``threshold`` and ``num-val``, and ``f1-global-threshold``, the F1 at
   the server's threshold, when its config carries ``global-threshold``). The
   client's own model is the personaliser's ``eval_model``.
+- ``query.save_state`` / ``query.load_state`` / ``query.drop_state`` (checkpoint and
+  resume, ``fedpers.client_state``): in ``ConfigRecord`` "config" ``state-key``,
+  ``server-round`` (and ``keep-round`` to save, ``sha256`` to load); the client
+  writes its Context state to its own disk, loads it back, or deletes it, and replies
+  ``ConfigRecord`` "state" with ``partition-id`` (and ``sha256``, ``bytes`` of what it
+  saved).
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import LOCAL_UPDATES, PERSONALIZERS, LocalContext
+from fedpers import client_state
 from fedpers import metrics as fm
+from fedpers.attacks import attackers, poison_labels, poison_update
 from fedpers.compression import encode_reply_arrays, received_arrays
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
@@ -122,8 +130,17 @@ def train(msg: Message, context: Context) -> Message:
     cfg = lc.cfg
     personalizer = PERSONALIZERS[cfg.personalization]
     update = LOCAL_UPDATES[STRATEGIES[cfg.strategy].local_update]
+    # issue 8: a simulated Byzantine client (fedpers.attacks) may train on flipped labels
+    byzantine = lc.partition_id in attackers(cfg)
+    if byzantine:
+        lc.data = poison_labels(cfg, lc.partition_id, lc.data,
+                                load_federated(DataSpec.from_config(cfg)).num_classes)
     result = personalizer.train(model, update, lc)
     shared = _shared_arrays(model, set(lc.private_keys))
+    if byzantine:  # ... and/or upload a poisoned update, before the codec encodes it
+        shared = poison_update(cfg, lc.partition_id, lc.server_round, shared,
+                               received_arrays(cfg, msg.content["arrays"],
+                                               _shared_arrays(model, set())))
     rng = np.random.default_rng(derive_seed(cfg.seed, SEED_CODEC, lc.server_round,
                                             lc.partition_id))
     # lossy codecs send the update against what was received (issue 6, fedpers.compression)
@@ -174,12 +191,48 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
+def _state_folder(msg: Message, context: Context) -> tuple[Any, int, Any]:
+    """(the server's request, this partition id, its state folder)."""
+    cfg = client_config(context)
+    pid = partition_id(context, cfg)
+    req = msg.content["config"]
+    root = client_state.state_root(context.node_config, cfg.client_state_dir)
+    return req, pid, client_state.state_folder(root, str(req["state-key"]), pid)
+
+
+def save_state(msg: Message, context: Context) -> Message:
+    """Checkpoint: write this client's Context state to its disk; reply its digest."""
+    req, pid, folder = _state_folder(msg, context)
+    keep = [int(req["keep-round"])] if int(req.get("keep-round", 0)) > 0 else []
+    sha, size = client_state.save(context.state, folder, int(req["server-round"]), keep)
+    info = ConfigRecord({"partition-id": pid, "sha256": sha, "bytes": size})
+    return Message(RecordDict({"state": info}), reply_to=msg)
+
+
+def load_state(msg: Message, context: Context) -> Message:
+    """Resume: replace this client's Context state with the checkpointed one."""
+    req, pid, folder = _state_folder(msg, context)
+    saved = client_state.load(folder, int(req["server-round"]), str(req["sha256"]))
+    client_state.replace_state(context.state, saved)
+    return Message(RecordDict({"state": ConfigRecord({"partition-id": pid})}), reply_to=msg)
+
+
+def drop_state(msg: Message, context: Context) -> Message:
+    """The run is over: delete this client's checkpointed state."""
+    req, pid, folder = _state_folder(msg, context)
+    client_state.drop(folder.parent.parent, str(req["state-key"]), pid)
+    return Message(RecordDict({"state": ConfigRecord({"partition-id": pid})}), reply_to=msg)
+
+
 def build_client_app(mods: list | None = None) -> ClientApp:
     """The ClientApp, optionally with extra Flower mods (e.g. fault injection in tests)."""
     client_app = ClientApp(mods=mods or [])
     client_app.train()(train)
     client_app.evaluate()(evaluate_local)
     client_app.query()(query)
+    client_app.query(client_state.SAVE)(save_state)
+    client_app.query(client_state.LOAD)(load_state)
+    client_app.query(client_state.DROP)(drop_state)
     return client_app
 
 

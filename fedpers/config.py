@@ -59,6 +59,10 @@ def _momentum(v: Any) -> str | None:
     return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
 
 
+def _half_open(v: Any) -> str | None:
+    return None if 0.0 <= v < 0.5 else "must be in [0, 0.5)"
+
+
 def _percentile(v: Any) -> str | None:
     return None if 0.0 < v < 100.0 else "must be in (0, 100)"
 
@@ -186,6 +190,38 @@ class RunConfig:
                                  doc="chance a client drops out mid-round")
     pow_d: int = _key("pow-d", 0, _non_negative,
                       doc="pow-d: candidates sampled per round (0 = 2 x the round size)")
+    # issue 8: malformed updates, robust aggregation and attack simulation
+    max_update_norm: float = _key("max-update-norm", 1000.0, _non_negative,
+                                  doc="reject an update whose L2 norm (client - global, "
+                                      "shared part) exceeds this (0 = off)")
+    aggregation: str = _key("aggregation", "mean",
+                            doc="robust aggregation before the strategy's own step "
+                                "(fedpers.aggregation): mean, median, trimmed-mean, krum, "
+                                "multi-krum")
+    trim_fraction: float = _key("trim-fraction", 0.1, _half_open,
+                                doc="trimmed-mean: share of clients trimmed from each side")
+    krum_f: int = _key("krum-f", 1, _non_negative,
+                       doc="krum, multi-krum: assumed number of Byzantine clients f")
+    multi_krum_m: int = _key("multi-krum-m", 0, _non_negative,
+                             doc="multi-krum: updates kept (0 = n - f)")
+    clip_update_norm: float = _key("clip-update-norm", 0.0, _non_negative,
+                                   doc="clip each client update to this L2 norm before "
+                                       "aggregation (0 = off)")
+    attack: str = _key("attack", "none",
+                       doc="simulated Byzantine clients (fedpers.attacks): none, sign-flip, "
+                           "scale, noise, label-flip")
+    attack_fraction: float = _key("attack-fraction", 0.0, _unit_interval,
+                                  doc="share of clients that attack (seeded by partition id)")
+    attack_scale: float = _key("attack-scale", 10.0, _positive,
+                               doc="sign-flip: -s u; scale: s u; noise: norm s ||u||")
+    # issue 8: checkpoint and resume
+    checkpoint_every: int = _key("checkpoint-every", 0, _non_negative,
+                                 doc="checkpoint the server and client state every N rounds "
+                                     "(0 = off); resume with fedpers run --resume RUN_ID")
+    client_state_dir: str = _key("client-state-dir", "",
+                                 doc="folder where clients keep their checkpointed state ('' "
+                                     "= $XDG_CACHE_HOME/fedpers/client-state; a SuperNode's "
+                                     "node config key of the same name wins)")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -259,6 +295,8 @@ def _coerce(key: str, value: Any, target: Any) -> Any:
 # lazily: the registries import torch and Flower).
 def _registries() -> dict[str, Mapping[str, Any]]:
     from clients import PERSONALIZERS
+    from fedpers.aggregation import AGGREGATORS
+    from fedpers.attacks import ATTACKS
     from fedpers.codecs import CODECS
     from fedpers.data import TASKS
     from fedpers.selection import SELECTORS
@@ -270,6 +308,8 @@ def _registries() -> dict[str, Mapping[str, Any]]:
         "personalization": PERSONALIZERS,
         "codec": CODECS,
         "selection": SELECTORS,
+        "aggregation": AGGREGATORS,
+        "attack": ATTACKS,
     }
 
 
@@ -301,6 +341,10 @@ def parse_run_config(raw: Mapping[str, Any], check_names: bool = True) -> RunCon
                                   f"valid names: {', '.join(sorted(registry))}")
     cfg = RunConfig(**values)
     _check_combination(cfg)
+    if check_names:  # issue 8: combinations that need the strategy and task registries
+        from fedpers.robust import check_robust_config
+
+        check_robust_config(cfg)
     return cfg
 
 

@@ -101,8 +101,33 @@ def refresh_roster(grid: Grid, roster: Roster, num_clients: int, timeout: float)
     return sorted(added)
 
 
+# Why a training reply was rejected: each is logged per round as
+# ``clients/rejected_<reason>`` (``clients/rejected`` is their sum).
+REJECT_REASONS: dict[str, str] = {
+    "records": "missing, extra or empty records (ArrayRecord / MetricRecord)",
+    "metrics": "a bad num-examples or steps, or a metric that is not finite",
+    "codec": "an encoded update that does not decode, or arrays that cannot be read",
+    "unknown": "a parameter the global model does not have",
+    "shape": "a parameter of the wrong shape",
+    "dtype": "a parameter of the wrong dtype",
+    "nonfinite": "NaN or Inf values",
+    "norm": "an update whose L2 norm exceeds max-update-norm",
+    "keys": "parameter names that differ from the other clients' in the round",
+}
+
+
 class RejectedReply(ValueError):
-    """A reply that must not be aggregated; the message says why."""
+    """A reply that must not be aggregated; the message says why.
+
+    ``reason`` is its category, a key of :data:`REJECT_REASONS`.
+    """
+
+    def __init__(self, message: str, reason: str = "records") -> None:
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}; valid: "
+                             f"{', '.join(REJECT_REASONS)}")
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -121,11 +146,15 @@ def _metrics(reply: Message) -> dict[str, Any]:
     metrics = dict(next(iter(records.values())))
     n = metrics.get("num-examples")
     if not isinstance(n, (int, float)) or not np.isfinite(n) or n <= 0:
-        raise RejectedReply(f"bad num-examples {n!r}")
+        raise RejectedReply(f"bad num-examples {n!r}", "metrics")
     for k, v in metrics.items():
         vals = v if isinstance(v, list) else [v]
         if not all(np.isfinite(x) for x in vals):
-            raise RejectedReply(f"metric {k!r} is not finite")
+            raise RejectedReply(f"metric {k!r} is not finite", "metrics")
+    steps = metrics.get("steps")  # local SGD steps: FedNova divides by them
+    if steps is not None and (not isinstance(steps, (int, float)) or steps < 1):
+        raise RejectedReply(f"bad steps {steps!r}: a training reply took at least one "
+                            f"local step", "metrics")
     return metrics
 
 
@@ -146,11 +175,18 @@ def check_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: C
     record = content.array_records[models[0]]
     try:
         payload = {k: a.numpy() for k, a in record.items()}
+    except Exception as exc:  # noqa: BLE001 - undeserialisable arrays
+        raise RejectedReply(f"cannot read arrays: {type(exc).__name__}: {exc}",
+                            "codec") from exc
+    if not codec.lossy:  # the payload is the weights: name each problem precisely
+        _check_arrays(payload, reference, "parameter", same_dtype=True)
+    try:
         arrays = decode_update(codec, payload, reference)  # lossy: reference + update
     except CodecError as exc:
-        raise RejectedReply(f"malformed encoded update: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - undeserialisable arrays
-        raise RejectedReply(f"cannot read arrays: {type(exc).__name__}: {exc}") from exc
+        raise RejectedReply(f"malformed encoded update: {exc}", "codec") from exc
+    except Exception as exc:  # noqa: BLE001 - a payload that breaks the decoder
+        raise RejectedReply(f"cannot decode arrays: {type(exc).__name__}: {exc}",
+                            "codec") from exc
     if not arrays:
         raise RejectedReply("empty update")
     _check_arrays(arrays, reference, "parameter", same_dtype=True)
@@ -167,18 +203,18 @@ def _check_arrays(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray
     for key, arr in arrays.items():
         ref = reference.get(key)
         if ref is None:
-            raise RejectedReply(f"{where}: unknown parameter {key!r}")
+            raise RejectedReply(f"{where}: unknown parameter {key!r}", "unknown")
         if arr.shape != ref.shape:
             raise RejectedReply(f"{where} {key!r} has shape {arr.shape}, "
-                                f"expected {ref.shape}")
+                                f"expected {ref.shape}", "shape")
         if same_dtype and arr.dtype != ref.dtype:
             raise RejectedReply(f"{where} {key!r} has dtype {arr.dtype}, "
-                                f"expected {ref.dtype}")
+                                f"expected {ref.dtype}", "dtype")
         if not same_dtype and arr.dtype.kind != "f":
             raise RejectedReply(f"{where} {key!r} has dtype {arr.dtype}, "
-                                f"expected floating point")
+                                f"expected floating point", "dtype")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise RejectedReply(f"{where} {key!r} has NaN or Inf values")
+            raise RejectedReply(f"{where} {key!r} has NaN or Inf values", "nonfinite")
 
 
 def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
@@ -198,10 +234,52 @@ def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
             arrays = {k: a.numpy() for k, a in records[name].items()}
         except Exception as exc:  # noqa: BLE001 - undeserialisable arrays
             raise RejectedReply(f"cannot read ArrayRecord {name!r}: "
-                                f"{type(exc).__name__}: {exc}") from exc
+                                f"{type(exc).__name__}: {exc}", "codec") from exc
         _check_arrays(arrays, reference, f"ArrayRecord {name!r}", same_dtype=False)
         out[name] = arrays
     return out
+
+
+def update_norm(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """L2 norm of ``arrays - reference`` over the floating-point arrays (float64)."""
+    total = 0.0
+    for key, arr in arrays.items():
+        if arr.dtype.kind == "f":
+            d = arr.astype(np.float64) - reference[key].astype(np.float64)
+            total += float(np.dot(d.ravel(), d.ravel()))
+    return float(np.sqrt(total))
+
+
+def check_update_norm(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                      max_norm: float) -> float:
+    """The update's L2 norm (:func:`update_norm`); rejected above ``max_norm`` (0 = off).
+
+    Call after :func:`check_train_reply` (names, shapes and finiteness checked).
+    """
+    norm = update_norm(arrays, reference)
+    if max_norm > 0 and not norm <= max_norm:
+        raise RejectedReply(f"update norm {norm:.4g} exceeds max-update-norm {max_norm:g}",
+                            "norm")
+    return norm
+
+
+def screen_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: Codec,
+                       extra_records: tuple[str, ...] = (), max_norm: float = 0.0,
+                       partition_id: int = -1, required_metrics: tuple[str, ...] = ()
+                       ) -> CheckedReply:
+    """Every check of one training reply, in order; :class:`RejectedReply` with a
+    ``reason`` on the first that fails. What the round loop runs on each reply.
+
+    ``required_metrics``: reply metrics the strategy cannot do without (FedNova's
+    ``steps``), besides ``num-examples``.
+    """
+    arrays, metrics = check_train_reply(reply, reference, codec, extra_records)
+    missing = [k for k in required_metrics if k not in metrics]
+    if missing:
+        raise RejectedReply(f"missing metric(s) {', '.join(map(repr, missing))}", "metrics")
+    extra = check_extra_records(reply, reference, extra_records)
+    check_update_norm(arrays, reference, max_norm)
+    return CheckedReply(partition_id, arrays, metrics, extra)
 
 
 def check_eval_reply(reply: Message) -> dict[str, Any]:

@@ -16,45 +16,57 @@ simulated duration is logged.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from clients import PERSONALIZERS
+from fedpers import client_state
 from fedpers import metrics as fm
+from fedpers.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    restore_strategy_state,
+    strategy_state,
+)
 from fedpers.codecs import build_codec
 from fedpers.comm import ByteCounter, content_bytes, messages_bytes
 from fedpers.compression import UploadStats, encode_broadcast
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, FederatedData, load_federated
 from fedpers.participation import Participation
+from fedpers.robust import STEPS, RobustLayer
 from fedpers.rounds import (
+    REJECT_REASONS,
     CheckedReply,
     RejectedReply,
     Roster,
     SelectedGrid,
     check_eval_reply,
-    check_extra_records,
-    check_train_reply,
     clean_reply,
     consistent_key_sets,
     record_to_numpy,
     refresh_roster,
+    screen_train_reply,
     to_array_record,
+    update_norm,
     wait_for_nodes,
     weighted_mean,
 )
-from fedpers.selection import build_selector
+from fedpers.selection import ClientRecord, build_selector
 from fedpers.tracking import Tracker
 from fedpers.training import derive_seed, evaluate, resolve_device
 from strategies import STRATEGIES
@@ -97,7 +109,8 @@ def _fmt_bytes(n: float) -> str:
 class Experiment:
     """State of one federated run on the server."""
 
-    def __init__(self, cfg: RunConfig, grid: Grid, tracker: Tracker) -> None:
+    def __init__(self, cfg: RunConfig, grid: Grid, tracker: Tracker,
+                 resume: Checkpoint | None = None) -> None:
         self.cfg = cfg
         self.grid = grid
         self.tracker = tracker
@@ -107,6 +120,9 @@ class Experiment:
         spec = STRATEGIES[cfg.strategy]
         self.strategy = spec.build(cfg)
         self.extra_records = spec.extra_records
+        # issue 8: clipping + robust aggregation before the strategy's own step
+        self.robust = RobustLayer(cfg, spec.normalises_steps)
+        self.required_metrics = (STEPS,) if spec.normalises_steps else ()
         self.selector = build_selector(cfg)
         self.codec = build_codec(cfg)
         self.codec_down = build_codec(cfg, cfg.codec_down)
@@ -127,6 +143,16 @@ class Experiment:
         self.handshake_timeout = max(cfg.round_timeout, MIN_HANDSHAKE_TIMEOUT)
         self.threshold: float | None = None
         self.last_clients: list[dict[str, Any]] = []
+        # checkpoint and resume (issue 8, fedpers.checkpoint, fedpers.client_state)
+        self.strategy_attrs = spec.state
+        self.checkpoints = CheckpointStore(tracker)
+        self.resume = resume
+        self.start_round = 0  # rounds done before this process (resume)
+        self.saved_round = 0  # the newest stored checkpoint
+        self.aggregated = 0  # rounds that aggregated client updates
+        # metrics of the rounds since the newest checkpoint: a checkpoint carries them,
+        # so that a resumed run logs any a crash (or a tracking outage) lost
+        self.unsaved_metrics: dict[int, dict[str, float]] = {}
 
     # ------------------------------------------------------------ one round
     def _send(self, messages: list[Message], count_up: bool = True) -> list[Message]:
@@ -164,7 +190,7 @@ class Experiment:
                                               if self._partition(r) not in late]))
         failed = len(to_send) - len(replies)
         checked: list[tuple[CheckedReply, Message]] = []
-        rejected = 0
+        rejected = dict.fromkeys(REJECT_REASONS, 0)  # by reason
         upload = UploadStats(self.codec.lossy)
         for reply in replies:
             pid = self._partition(reply)
@@ -175,18 +201,19 @@ class Experiment:
             if pid in late:
                 continue
             try:
-                arrays, metrics = check_train_reply(reply, self.global_arrays, self.codec,
-                                                    self.extra_records)
-                extra = check_extra_records(reply, self.global_arrays, self.extra_records)
+                c = screen_train_reply(reply, self.global_arrays, self.codec,
+                                       self.extra_records, cfg.max_update_norm, pid,
+                                       self.required_metrics)
             except RejectedReply as exc:
-                rejected += 1
-                logger.warning("round %d: update from client %d rejected: %s", rnd, pid, exc)
+                rejected[exc.reason] += 1
+                logger.warning("round %d: update from client %d rejected (%s): %s", rnd, pid,
+                               exc.reason, exc)
                 continue
-            checked.append((CheckedReply(pid, arrays, metrics, extra), reply))
-            upload.add(reply, arrays, metrics)
+            checked.append((c, reply))
+            upload.add(reply, c.arrays, c.metrics)
         keep, drop = consistent_key_sets([c for c, _ in checked])
         for c in drop:
-            rejected += 1
+            rejected["keys"] += 1
             logger.warning("round %d: update from client %d rejected: its parameter names "
                            "differ from the other clients'", rnd, c.partition_id)
         kept_ids = {id(c) for c in keep}
@@ -195,7 +222,12 @@ class Experiment:
         out.metrics.update({"clients/selected": float(len(messages)),
                             "clients/trained": float(len(valid)),
                             "clients/failed": float(failed),
-                            "clients/rejected": float(rejected)})
+                            "clients/rejected": float(sum(rejected.values()))})
+        out.metrics.update({f"clients/rejected_{why}": float(n) for why, n in rejected.items()})
+        norms = [update_norm(c.arrays, self.global_arrays) for c, _ in valid]
+        if norms:
+            out.metrics["clients/update_norm_median"] = float(np.median(norms))
+            out.metrics["clients/update_norm_max"] = float(np.max(norms))
         out.metrics.update(upload.metrics())
         out.metrics.update(part.metrics())
         part.note_trained((c.partition_id, c.metrics) for c, _ in valid)
@@ -204,8 +236,10 @@ class Experiment:
                            "global model is not updated", rnd, len(valid),
                            cfg.min_train_clients)
             return
+        robust = self.robust.apply([c for c, _ in valid], self.global_arrays)
+        out.metrics.update(robust.metrics)
         agg_arrays, _ = self.strategy.aggregate_train(
-            rnd, [clean_reply(r, c) for c, r in valid])
+            rnd, [clean_reply(valid[i][1], c) for i, c in robust.passed])
         if agg_arrays is not None:
             for name, arr in record_to_numpy(agg_arrays).items():
                 self.global_arrays[name] = arr.astype(self.global_arrays[name].dtype,
@@ -281,8 +315,10 @@ class Experiment:
         logger.info("task %s: %d clients, %d model parameters, strategy %s, selection %s, "
                     "codec %s, personalization %s", cfg.task, len(self.roster.partition_of),
                     n_params, cfg.strategy, cfg.selection, cfg.codec, cfg.personalization)
-        aggregated = 0
-        for rnd in range(1, cfg.num_server_rounds + 1):
+        self._restore()
+        # rounds replayed after a crash whose metrics were already logged: not again
+        logged = self._relog_missing() if self.resume is not None else set()
+        for rnd in range(self.start_round + 1, cfg.num_server_rounds + 1):
             t0 = time.perf_counter()
             out = RoundLog()
             self.bytes.start_round()
@@ -292,13 +328,160 @@ class Experiment:
                 self.evaluate_global(out)
                 self.last_clients = out.client_rows or self.last_clients
             out.metrics.update(self.bytes.metrics())
-            self.tracker.log_metrics(out.metrics, step=rnd)
+            if rnd not in logged:
+                self.tracker.log_metrics(out.metrics, step=rnd)
+            else:
+                self._check_replay(rnd, out.metrics)
+            self.unsaved_metrics[rnd] = dict(out.metrics)
             self._progress(rnd, out.metrics, time.perf_counter() - t0)
-            aggregated += int(out.metrics.get("clients/trained", 0) >= cfg.min_train_clients)
+            self.aggregated += int(out.metrics.get("clients/trained", 0)
+                                   >= cfg.min_train_clients)
+            if cfg.checkpoint_every and rnd % cfg.checkpoint_every == 0 \
+                    and rnd < cfg.num_server_rounds:
+                self._checkpoint(rnd)
         self._log_artifacts()
-        if aggregated == 0:
+        if cfg.checkpoint_every or self.resume is not None:
+            self._client_states(client_state.DROP, self.roster.partitions(), lambda p: {})
+        if self.aggregated == 0:
             raise RuntimeError(f"no round aggregated any client update ({cfg.num_server_rounds} "
                                f"rounds); every round's metrics are logged, the run is FAILED")
+
+    # ------------------------------------------------------------ checkpoints
+    def _client_states(self, action: str, partitions: list[int],
+                       config: Callable[[int], dict[str, Any]]) -> dict[int, Message]:
+        """Send ``query.<action>`` (``fedpers.client_state``) with ``config(partition)``
+        to ``partitions``; return the replies that succeeded, by partition. Not counted
+        in ``comm/bytes_*``: checkpoint traffic is not part of the algorithm."""
+        node_of = self.roster.node_of()
+        msgs = [Message(RecordDict({"config": ConfigRecord({"state-key": self.tracker.run_id,
+                                                            **config(p)})}),
+                        dst_node_id=node_of[p], message_type=f"{MessageType.QUERY}.{action}")
+                for p in partitions if p in node_of]
+        ok: dict[int, Message] = {}
+        for reply in self.grid.send_and_receive(msgs, timeout=self.cfg.round_timeout):
+            pid = self._partition(reply)
+            if reply.has_error():
+                logger.warning("client %d: %s of its state failed: %s", pid,
+                               action.split("_")[0], reply.error.reason)
+                continue
+            ok[pid] = reply
+        return ok
+
+    def _checkpoint(self, rnd: int) -> None:
+        """Clients write their state to their own disks, then the server's checkpoint
+        (with their digests) goes to MLflow. A failure is logged; the run goes on."""
+        replies = self._client_states(client_state.SAVE, self.roster.partitions(),
+                                      lambda p: {"server-round": rnd,
+                                                 "keep-round": self.saved_round})
+        clients = {}
+        for pid, reply in sorted(replies.items()):
+            info = reply.content.config_records.get("state")
+            if info is None or "sha256" not in info:
+                logger.warning("client %d: malformed reply to the state checkpoint", pid)
+                continue
+            clients[str(pid)] = {"sha256": str(info["sha256"]), "bytes": int(info["bytes"])}
+        try:
+            self.checkpoints.save(self._snapshot(rnd, clients))
+        except Exception as exc:  # noqa: BLE001 - training goes on without it
+            logger.warning("round %d: checkpoint not stored (%s: %s); the newest is still "
+                           "round %d", rnd, type(exc).__name__, exc, self.saved_round)
+            return
+        if getattr(self.tracker, "buffering", False):
+            # queued during a tracking outage: not in the store yet, so clients keep the
+            # state of the newest stored checkpoint too
+            logger.warning("round %d: checkpoint queued (the MLflow store is unreachable); "
+                           "the newest stored one is still round %d", rnd, self.saved_round)
+            return
+        self.saved_round = rnd
+        self.unsaved_metrics = {}
+        logger.info("round %d: checkpoint stored (%d clients saved their state, %s)", rnd,
+                    len(clients), _fmt_bytes(sum(c["bytes"] for c in clients.values())))
+
+    def _snapshot(self, rnd: int, clients: dict[str, dict[str, Any]]) -> Checkpoint:
+        """Everything the round loop carries into round ``rnd + 1``."""
+        strat_meta, arrays = strategy_state(self.strategy, self.strategy_attrs)
+        arrays.update({f"global/{k}": v for k, v in self.global_arrays.items()})
+        clock = self.participation.clock
+        meta = {
+            "config": self.cfg.to_dict(),
+            "mlflow_run_id": self.tracker.run_id,
+            "strategy": strat_meta,
+            "threshold": self.threshold,
+            "aggregated": self.aggregated,
+            "bytes": {"up_total": self.bytes.up_total, "down_total": self.bytes.down_total},
+            "selection": {str(p): dataclasses.asdict(r)
+                          for p, r in self.participation.stats.clients.items()},
+            "clock": None if clock is None else {
+                "total_s": clock.total_s,
+                "last_bytes": {str(p): list(b) for p, b in clock.last_bytes.items()}},
+            "last_clients": self.last_clients,
+            "metrics": {str(r): m for r, m in self.unsaved_metrics.items()},
+            "clients": clients,
+        }
+        return Checkpoint(round=rnd, meta=meta, arrays=arrays)
+
+    def _restore(self) -> None:
+        """Resume: put the checkpoint's state back, on the server and on the clients."""
+        ckpt = self.resume
+        if ckpt is None:
+            return
+        meta = ckpt.meta
+        saved = {k[len("global/"):]: v for k, v in ckpt.arrays.items() if k.startswith("global/")}
+        model = {k: (v.shape, v.dtype) for k, v in self.global_arrays.items()}
+        if {k: (v.shape, v.dtype) for k, v in saved.items()} != model:
+            raise CheckpointError(f"the checkpoint's model (round {ckpt.round}) does not "
+                                  f"match this task's model")
+        self.global_arrays = {k: np.array(v) for k, v in saved.items()}
+        restore_strategy_state(self.strategy, self.strategy_attrs, meta["strategy"],
+                               ckpt.arrays)
+        self.threshold = meta["threshold"]
+        self.aggregated = int(meta["aggregated"])
+        self.bytes.up_total = int(meta["bytes"]["up_total"])
+        self.bytes.down_total = int(meta["bytes"]["down_total"])
+        self.participation.stats.clients = {int(p): ClientRecord(**r)
+                                            for p, r in meta["selection"].items()}
+        clock = self.participation.clock
+        if clock is not None and meta["clock"] is not None:
+            clock.total_s = float(meta["clock"]["total_s"])
+            clock.last_bytes = {int(p): (int(b[0]), int(b[1]))
+                                for p, b in meta["clock"]["last_bytes"].items()}
+        self.last_clients = list(meta["last_clients"])
+        self.start_round = self.saved_round = ckpt.round
+        clients = {int(p): c for p, c in meta["clients"].items()}
+        restored = self._client_states(
+            client_state.LOAD, sorted(clients),
+            lambda p: {"server-round": ckpt.round, "sha256": clients[p]["sha256"]})
+        for pid in sorted(set(clients) - set(restored)):
+            logger.warning("client %d did not get its checkpointed state back; it goes on "
+                           "with a fresh state (as a client that never trained)", pid)
+        logger.info("resumed from the checkpoint of round %d: %d of %d clients restored "
+                    "their state", ckpt.round, len(restored), len(clients))
+
+    def _relog_missing(self) -> set[int]:
+        """Resume: log the checkpoint's rounds that are missing from the run; return
+        the rounds the run holds."""
+        logged = self.checkpoints.logged_rounds()
+        for key, metrics in sorted(self.resume.meta.get("metrics", {}).items(),
+                                   key=lambda kv: int(kv[0])):
+            if int(key) not in logged:
+                logger.info("round %d: its metrics were lost before the checkpoint; "
+                            "logged from it now", int(key))
+                self.tracker.log_metrics(metrics, step=int(key))
+                logged.add(int(key))
+        return logged
+
+    def _check_replay(self, rnd: int, metrics: dict[str, float]) -> None:
+        """A round recomputed after a resume: the run already holds its metrics; they
+        are not logged again, and must equal what was logged (runs are deterministic)."""
+        before = self.checkpoints.logged_metrics(rnd, sorted(metrics))
+        differ = sorted(k for k, v in metrics.items() if k in before and before[k] != v)
+        if differ:
+            logger.warning("round %d: replayed with metrics that differ from those logged "
+                           "before the interruption (%s); is this the same software and "
+                           "hardware?", rnd, ", ".join(differ))
+        else:
+            logger.info("round %d: replayed; its metrics were logged before the "
+                        "interruption, identical, and are not logged again", rnd)
 
     def _progress(self, rnd: int, m: dict[str, float], seconds: float) -> None:
         parts = [f"round {rnd}/{self.cfg.num_server_rounds}"]
@@ -365,9 +548,13 @@ def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
     tracker = open_tracker(cfg)
     try:
-        tracker.log_params(cfg.to_dict())
-        tracker.set_tags({"fedpers.config_digest": cfg.digest()})
-        Experiment(cfg, grid, tracker).run()
+        # a run with a checkpoint resumes from it (fedpers run --resume, or flwr run with
+        # its mlflow-run-id); its params are logged already
+        resume = CheckpointStore(tracker).resume_point(cfg) if cfg.mlflow_run_id else None
+        if resume is None:
+            tracker.log_params(cfg.to_dict())
+            tracker.set_tags({"fedpers.config_digest": cfg.digest()})
+        Experiment(cfg, grid, tracker, resume=resume).run()
     except BaseException:
         tracker.finish("FAILED")
         raise

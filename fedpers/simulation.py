@@ -109,11 +109,11 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
                 verbose_logging=verbose,
             )
         except BaseException:
-            status = tracker.client.get_run(tracker.run_id).info.status
-            if status == "RUNNING":
+            # the status the ServerApp gave the run, even if the store is down now
+            if tracker.run_status() == "RUNNING":
                 tracker.finish("FAILED")
             raise
-    status = tracker.client.get_run(tracker.run_id).info.status
+    status = tracker.run_status()
     if status != "FINISHED":
         raise RuntimeError(f"the run ended with MLflow status {status}; see the log above")
     return tracker.run_id

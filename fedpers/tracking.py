@@ -1,11 +1,15 @@
 """MLflow tracking, server side only. One batched write per round.
 
 Uses :class:`mlflow.tracking.MlflowClient` (explicit run ids, no global active
-run), so it is safe in the ServerApp's thread.
+run), so it is safe in the ServerApp's thread. An unreachable store fails fast
+when a run starts; an outage *during* a run does not stop training: writes are
+buffered in order and sent when the store is back, or saved to a local fallback
+file at the end (:mod:`fedpers.tracking_outbox`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -16,12 +20,36 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedpers.tracking_outbox import (
+    DEFAULT_FALLBACK_DIR,
+    DEFAULT_FLUSH_TIMEOUT,
+    DEFAULT_MAX_RETRY_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY_INTERVAL,
+    ENV_FALLBACK_DIR,
+    ENV_FLUSH_TIMEOUT,
+    ENV_REQUEST_TIMEOUT,
+    ENV_RETRY_INTERVAL,
+    FALLBACK_GLOB,
+    Outbox,
+    Record,
+    http_limits,
+    is_local_store,
+    is_transient,
+    live_journals,
+    replay,
+    send_to_mlflow,
+)
+
 logger = logging.getLogger(__name__)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-_PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+PROBE_TIMEOUT = 10  # seconds for the start-up probe, which is not retried
+# The last status each run was given by a Tracker of this process (sent or still
+# buffered): what the store will say once it has everything.
+_last_status: dict[str, str] = {}
 
 
 class TrackingError(RuntimeError):
@@ -80,15 +108,78 @@ def ensure_experiment(client: Any, uri: str, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise TrackingError(f"{name}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise TrackingError(f"{name}={raw!r} must be >= 0 seconds")
+    return value
+
+
 class Tracker:
-    """One MLflow run of one federated experiment."""
+    """One MLflow run of one federated experiment.
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        from mlflow.tracking import MlflowClient
+    Every write goes through an :class:`~fedpers.tracking_outbox.Outbox`: sent at
+    once while the store answers; during an outage buffered in order (artifacts
+    copied aside) and retried, each attempt limited to one HTTP request of at most
+    ``request_timeout`` s; :meth:`finish` waits up to ``flush_timeout`` s for the
+    store, then writes what is still unsent to
+    ``<fallback_dir>/<run_id>/records-*.jsonl`` and logs how to send it later
+    (``fedpers sync-tracking``).
 
+    Parameters
+    ----------
+    tracking_uri, run_id
+        The store and the (existing) run.
+    client
+        An :class:`~mlflow.tracking.MlflowClient` (or a stand-in for tests);
+        default one for ``tracking_uri``.
+    fallback_dir
+        Root of the fallback store; default ``$FEDPERS_TRACKING_FALLBACK_DIR``,
+        else ``./mlflow-fallback``.
+    flush_timeout, retry_interval, request_timeout
+        Seconds; defaults ``$FEDPERS_TRACKING_FLUSH_TIMEOUT`` (60),
+        ``$FEDPERS_TRACKING_RETRY_INTERVAL`` (5, doubled per failed attempt up to
+        60) and ``$FEDPERS_TRACKING_REQUEST_TIMEOUT`` (5).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, *, client: Any = None,
+                 fallback_dir: str | Path | None = None, flush_timeout: float | None = None,
+                 retry_interval: float | None = None,
+                 request_timeout: float | None = None) -> None:
+        if client is None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = client
+        root = fallback_dir or os.environ.get(ENV_FALLBACK_DIR) or DEFAULT_FALLBACK_DIR
+        self.fallback_dir = Path(root).resolve() / run_id
+        self.flush_timeout = (_env_number(ENV_FLUSH_TIMEOUT, DEFAULT_FLUSH_TIMEOUT)
+                              if flush_timeout is None else float(flush_timeout))
+        retry = (_env_number(ENV_RETRY_INTERVAL, DEFAULT_RETRY_INTERVAL)
+                 if retry_interval is None else float(retry_interval))
+        self.request_timeout = (_env_number(ENV_REQUEST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)
+                                if request_timeout is None else float(request_timeout))
+        self.outbox = Outbox(self._send, self.fallback_dir,
+                             header={"run_id": run_id, "tracking_uri": tracking_uri},
+                             describe=f"the MLflow store at {tracking_uri}",
+                             retry_interval=retry,
+                             max_retry_interval=max(retry, DEFAULT_MAX_RETRY_INTERVAL),
+                             transient=functools.partial(
+                                 is_transient, local_store=is_local_store(tracking_uri)))
+        _last_status.setdefault(run_id, "RUNNING")
+
+    def _send(self, record: Record) -> None:
+        # no MLflow retries: the outbox retries, so a dead server costs one request
+        with self.quick_requests():
+            send_to_mlflow(self.client, self.run_id, record)
 
     # ------------------------------------------------------------- lifecycle
     @classmethod
@@ -104,19 +195,12 @@ class Tracker:
                                     f"does not exist")
         client = MlflowClient(tracking_uri=uri)
         # one quick probe, without MLflow's minutes of HTTP retries
-        saved = {k: os.environ.get(k) for k in _PROBE_ENV}
-        os.environ.update(_PROBE_ENV)
         try:
-            client.search_experiments(max_results=1)
+            with http_limits(0, PROBE_TIMEOUT):
+                client.search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - any failure means unreachable
             raise TrackingError(f"cannot reach the MLflow store at {uri}: "
                                 f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         return client
 
     @classmethod
@@ -125,11 +209,12 @@ class Tracker:
         """Create a new run (and the experiment if needed)."""
         client = cls.connect(tracking_uri)
         uri = resolve_tracking_uri(tracking_uri)
-        exp_id = ensure_experiment(client, uri, experiment)
         all_tags = {**version_tags(), **(tags or {})}
         if run_name:
             all_tags["mlflow.runName"] = run_name
-        run = client.create_run(exp_id, tags=all_tags)
+        with http_limits(0, PROBE_TIMEOUT):  # part of the start: fails fast
+            exp_id = ensure_experiment(client, uri, experiment)
+            run = client.create_run(exp_id, tags=all_tags)
         logger.info("MLflow run %s in experiment %r at %s", run.info.run_id, experiment, uri)
         return cls(uri, run.info.run_id)
 
@@ -143,39 +228,125 @@ class Tracker:
             raise TrackingError(f"MLflow run {run_id!r} not found at "
                                 f"{resolve_tracking_uri(tracking_uri)}: {exc}") from exc
         tr = cls(resolve_tracking_uri(tracking_uri), run_id)
-        tr.client.set_terminated(run_id, status="RUNNING")
+        tr.send_leftovers()
+        with http_limits(0, PROBE_TIMEOUT):  # part of the start: fails fast
+            tr.client.set_terminated(run_id, status="RUNNING")
+        _last_status[run_id] = "RUNNING"
         return tr
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        """Set the run's final status, after everything buffered.
+
+        Waits up to ``flush_timeout`` s for an unreachable store; then the unsent
+        records (this status included) go to the fallback file, with a warning
+        saying where and how to send them.
+        """
+        _last_status[self.run_id] = status
+        self.outbox.submit(Record.terminate(status))
+        if self.outbox.drain(self.flush_timeout):
+            return
+        steps = self.outbox.pending_steps()
+        count = self.outbox.pending
+        path = self.outbox.write_fallback()
+        rounds = f", metrics of steps {_ranges(steps)}" if steps else ""
+        logger.warning(
+            "the MLflow store at %s did not come back within %.0f s: %d tracking records of "
+            "run %s (status %s%s) are saved in %s. When the store is reachable, send them "
+            "with:  fedpers sync-tracking %s   (add --tracking-uri URI for another store)",
+            self.tracking_uri, self.flush_timeout, count, self.run_id, status, rounds, path,
+            self.fallback_dir)
+
+    def run_status(self) -> str:
+        """The run's status as the store will have it once it has every write.
+
+        The last status a Tracker of this process gave the run (sent, buffered or
+        in the fallback file), else what the store reports now.
+        """
+        if self.run_id in _last_status:
+            return _last_status[self.run_id]
+        try:
+            with http_limits(0, PROBE_TIMEOUT):
+                return self.client.get_run(self.run_id).info.status
+        except Exception as exc:
+            if is_transient(exc, local_store=is_local_store(self.tracking_uri)):
+                raise TrackingError(f"cannot read the status of run {self.run_id} from "
+                                    f"{self.tracking_uri}: {exc}") from exc
+            raise
+
+    def send_leftovers(self) -> int:
+        """Send this run's records left in the fallback folder by an earlier process.
+
+        A process that died during an outage, or ended before the store came back,
+        leaves its unsent records there; a run that continues (``fedpers run
+        --resume``, ``mlflow-run-id``) sends them first, so its metrics, checkpoints
+        and status are complete and in order. Returns the number of records sent;
+        raises :class:`TrackingError` if the store fails meanwhile.
+        """
+        if not self.fallback_dir.is_dir():
+            return 0
+        mine = live_journals()
+        files = [f for f in sorted(self.fallback_dir.glob(FALLBACK_GLOB)) if f not in mine]
+        sent = 0
+        for file in files:
+            logger.warning("sending the tracking records of run %s left in %s by an earlier "
+                           "process", self.run_id, file)
+            res = replay(file, tracking_uri=self.tracking_uri,
+                         client_for=lambda uri: self.client)
+            sent += sum(res.sent.values())
+        return sent
+
+    @property
+    def buffering(self) -> bool:
+        """Whether the store is unreachable now (writes are being queued).
+
+        Code that reads the store directly (``self.client``) can skip optional
+        reads meanwhile, or wrap them in :meth:`quick_requests`.
+        """
+        return self.outbox.buffering
+
+    def quick_requests(self) -> Any:
+        """Context manager: MLflow calls inside make one HTTP request of at most
+        ``request_timeout`` s, with no retries (MLflow's default is minutes of retries)."""
+        return http_limits(0, max(1, round(self.request_timeout)))
+
+    @property
+    def fallback_path(self) -> Path | None:
+        """The fallback file written by :meth:`finish`, if the store was unreachable."""
+        return self.outbox.fallback_path
 
     # --------------------------------------------------------------- logging
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)) for k, v in params.items()]
+        items = [(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self.outbox.submit(Record.batch(params=items[i:i + 100]))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.outbox.submit(Record.batch(tags=[(k, str(v)) for k, v in tags.items()]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """All of a round's metrics in one call."""
-        from mlflow.entities import Metric
-
+        """All of a round's metrics in one call (kept in order during an outage)."""
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        items = [(k, float(v), ts, int(step)) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+            self.outbox.submit(Record.batch(metrics=items[i:i + 1000]))
 
     def log_json(self, obj: Any, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_text(json.dumps(obj, indent=2, sort_keys=True))
-            self.client.log_artifact(self.run_id, str(path))
+            self.log_file(path)
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        """Upload a file; during an outage a copy is kept and uploaded later."""
+        self.outbox.submit(Record.artifact(path, artifact_path))
+
+
+def _ranges(steps: list[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``'1-3, 5'``."""
+    spans: list[list[int]] = []
+    for s in steps:
+        if spans and s == spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)

@@ -32,6 +32,16 @@ class StrategySpec:
     ``partial_work``: under a round deadline (``round-deadline``, fedpers.devices)
     the server gives each client the local steps that fit the deadline (``max-steps``)
     and aggregates that partial work, instead of dropping clients that are too slow.
+
+    ``state`` names the strategy object's attributes that carry state from one round
+    to the next (e.g. SCAFFOLD's ``control``, FedAdam's moments ``m_t``, ``v_t``): a
+    checkpoint saves them and a resumed run restores them (``fedpers.checkpoint``).
+    Each is ``None``, a dict of numpy arrays, an ArrayRecord or a list of arrays.
+
+    ``normalises_steps``: the strategy divides each client's update by its effective
+    local steps (the reply's ``steps`` metric, FedNova). Robust aggregation
+    (``fedpers.robust``) then acts on the normalised updates and hands the strategy
+    one common step count.
     """
 
     build: Callable[[RunConfig], Strategy]
@@ -39,6 +49,8 @@ class StrategySpec:
     paper: str = ""
     extra_records: tuple[str, ...] = ()
     partial_work: bool = False
+    state: tuple[str, ...] = ()
+    normalises_steps: bool = False
 
 
 def reply_keys(replies: Sequence[Message], record: str = "arrays") -> list[str]:

@@ -30,4 +30,5 @@ def build(cfg: RunConfig) -> FedAdam:
                          beta_1=cfg.server_momentum)
 
 
-FEDADAM = StrategySpec(build=build, local_update="sgd", paper="arXiv 2003.00295")
+FEDADAM = StrategySpec(build=build, local_update="sgd", paper="arXiv 2003.00295",
+                       state=("current_arrays", "m_t", "v_t"))

@@ -38,4 +38,5 @@ def build(cfg: RunConfig) -> FedAvgM:
                          server_momentum=cfg.server_momentum)
 
 
-FEDAVGM = StrategySpec(build=build, local_update="sgd", paper="arXiv 1909.06335")
+FEDAVGM = StrategySpec(build=build, local_update="sgd", paper="arXiv 1909.06335",
+                       state=("current_arrays", "momentum_vector"))

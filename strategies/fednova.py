@@ -22,11 +22,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAvg
 
+from fedpers.rounds import to_array_record
 from fedpers.training import effective_steps
 from strategies.base import TAKE_ALL, StrategySpec, to_numpy
 
@@ -84,9 +85,10 @@ class FedNova(FedAvg):
         for k in models[0]:
             d = sum(p_i * (x[k] - y[k]) / a_i for p_i, a_i, y in zip(p, norms, models,
                                                                     strict=True))
-            out[k] = np.ascontiguousarray((x[k] - self.server_lr * tau_eff * d)
-                                          .astype(x[k].dtype, copy=False))
-        return ArrayRecord({k: Array(v) for k, v in out.items()}), metrics
+            out[k] = np.asarray((x[k] - self.server_lr * tau_eff * d)
+                                .astype(x[k].dtype, copy=False))
+        # to_array_record keeps 0-d buffers 0-d (np.ascontiguousarray makes them (1,))
+        return to_array_record(out), metrics
 
 
 def build(cfg: RunConfig) -> FedNova:
@@ -94,4 +96,5 @@ def build(cfg: RunConfig) -> FedNova:
                    server_lr=cfg.server_lr or DEFAULT_SERVER_LR)
 
 
-FEDNOVA = StrategySpec(build=build, local_update="sgd", paper="arXiv 2007.07481")
+FEDNOVA = StrategySpec(build=build, local_update="sgd", paper="arXiv 2007.07481",
+                       state=("current",), normalises_steps=True)

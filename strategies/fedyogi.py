@@ -30,4 +30,5 @@ def build(cfg: RunConfig) -> FedYogi:
                          beta_1=cfg.server_momentum)
 
 
-FEDYOGI = StrategySpec(build=build, local_update="sgd", paper="arXiv 2003.00295")
+FEDYOGI = StrategySpec(build=build, local_update="sgd", paper="arXiv 2003.00295",
+                       state=("current_arrays", "m_t", "v_t"))

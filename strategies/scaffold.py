@@ -96,4 +96,4 @@ def build(cfg: RunConfig) -> Scaffold:
 
 
 SCAFFOLD = StrategySpec(build=build, local_update="scaffold", paper="arXiv 1910.06378",
-                        extra_records=(CONTROL,))
+                        extra_records=(CONTROL,), state=("control", "current"))

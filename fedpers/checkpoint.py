@@ -1,0 +1,297 @@
+"""Server half of checkpoint and resume: the round loop's state as MLflow artifacts.
+
+Every ``checkpoint-every`` rounds the ServerApp writes one file to its MLflow run,
+``checkpoints/round-<r>.ckpt``: the global model, the strategy's state
+(``StrategySpec.state``: SCAFFOLD's ``c``, FedAdam's moments, ...), the selection
+statistics and the simulated clock, the anomaly threshold, the byte counters, the
+round, the run config, and the SHA-256 of each client's checkpointed Context state
+(``fedpers.client_state``: the state itself stays on the clients). Resuming needs
+only the run id and the tracking store (``fedpers run --resume RUN_ID``).
+
+Random state: none is saved because none is carried over between rounds; every
+draw (selection, batches, codec noise, the clock) comes from a generator seeded by
+``derive_seed(seed, ..., round)``, so a resumed round draws what it would have drawn.
+
+Crash safety: each checkpoint is a new file, never an overwrite, and carries a
+SHA-256 of its content in its header; older checkpoints are deleted only after the
+new one is stored, and resume takes the newest that verifies, so a crash mid-write
+leaves the previous checkpoint usable. File layout: ``MAGIC``, 32 bytes of SHA-256
+of the payload, the payload: an ``.npz`` archive (no pickles) whose ``meta`` entry
+is the JSON metadata and whose other entries are the arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+if TYPE_CHECKING:
+    from fedpers.config import RunConfig
+    from fedpers.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+FOLDER = "checkpoints"  # artifact folder of the run
+MAGIC = b"FEDPERS-CKPT-1\n"
+FORMAT = 1
+KEEP = 2  # checkpoints kept: the newest and the one before (should the newest be torn)
+# keys that do not change what a run computes: a resumed run may differ in them
+RESUME_EXCLUDE = ("tracking-uri", "experiment", "mlflow-run-id", "checkpoint-every",
+                  "client-state-dir")
+# a metric the round loop logs every round: its history says which rounds are logged
+ROUND_METRIC = "comm/bytes_up"
+_NAME = re.compile(r"^round-(\d+)\.ckpt$")
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one that does not belong to this run or config."""
+
+
+@dataclass
+class Checkpoint:
+    """One checkpoint: JSON-able ``meta`` and named numpy ``arrays``."""
+
+    round: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.meta["config"])
+
+
+def file_name(server_round: int) -> str:
+    return f"round-{server_round:06d}.ckpt"
+
+
+# ------------------------------------------------------------------ the file format
+def encode(ckpt: Checkpoint) -> bytes:
+    """The checkpoint as bytes: ``MAGIC``, SHA-256 of the payload, the payload."""
+    names = sorted(ckpt.arrays)
+    meta = {**ckpt.meta, "format": FORMAT, "round": ckpt.round, "arrays": names}
+    entries = {f"a{i}": np.asarray(ckpt.arrays[n], order="C")  # 0-d stays 0-d
+               for i, n in enumerate(names)}
+    text = json.dumps(meta, sort_keys=True, default=_json_scalar)
+    entries["meta"] = np.frombuffer(text.encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **entries)
+    payload = buf.getvalue()
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def decode(blob: bytes) -> Checkpoint:
+    """Parse and verify :func:`encode`'s bytes; raises :class:`CheckpointError`."""
+    if not blob.startswith(MAGIC):
+        raise CheckpointError("not a fedpers checkpoint (bad header)")
+    digest, payload = blob[len(MAGIC):len(MAGIC) + 32], blob[len(MAGIC) + 32:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError("checkpoint is corrupt or incomplete (SHA-256 mismatch)")
+    with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+        meta = json.loads(npz["meta"].tobytes().decode())
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"checkpoint format {meta.get('format')!r}; this fedpers "
+                                  f"reads format {FORMAT}")
+        arrays = {name: npz[f"a{i}"] for i, name in enumerate(meta.pop("arrays"))}
+    return Checkpoint(round=int(meta["round"]), meta=meta, arrays=arrays)
+
+
+# ------------------------------------------------------------------ strategy state
+def strategy_state(strategy: Any, attrs: tuple[str, ...]
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(kinds and names, arrays) of the strategy attributes ``attrs``.
+
+    Each attribute is ``None``, a dict of arrays, an ArrayRecord or a list of arrays
+    (the forms Flower's FedOpt, FedAvgM and fedpers' strategies use).
+    """
+    meta: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for attr in attrs:
+        value = getattr(strategy, attr)
+        if value is None:
+            meta[attr] = {"kind": "none"}
+            continue
+        if isinstance(value, ArrayRecord):
+            kind, items = "record", [(k, a.numpy()) for k, a in value.items()]
+        elif isinstance(value, Mapping):
+            kind, items = "dict", [(k, np.asarray(v)) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            kind, items = "list", [(str(i), np.asarray(v)) for i, v in enumerate(value)]
+        else:
+            raise CheckpointError(f"strategy attribute {attr!r} is a {type(value).__name__}; "
+                                  f"a checkpoint holds None, dicts or lists of arrays, or "
+                                  f"ArrayRecords")
+        meta[attr] = {"kind": kind, "names": [k for k, _ in items]}
+        for k, v in items:
+            arrays[f"strategy/{attr}/{k}"] = v
+    return meta, arrays
+
+
+def restore_strategy_state(strategy: Any, attrs: tuple[str, ...], meta: Mapping[str, Any],
+                           arrays: Mapping[str, np.ndarray]) -> None:
+    """Set the attributes saved by :func:`strategy_state` back on ``strategy``."""
+    missing = [a for a in attrs if a not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint has no strategy state {missing}")
+    for attr in attrs:
+        kind = meta[attr]["kind"]
+        if kind == "none":
+            setattr(strategy, attr, None)
+            continue
+        values = {k: np.array(arrays[f"strategy/{attr}/{k}"]) for k in meta[attr]["names"]}
+        if kind == "record":
+            setattr(strategy, attr, ArrayRecord({k: Array(v) for k, v in values.items()}))
+        elif kind == "dict":
+            setattr(strategy, attr, values)
+        elif kind == "list":
+            setattr(strategy, attr, [values[str(i)] for i in range(len(values))])
+        else:
+            raise CheckpointError(f"unknown strategy state kind {kind!r} of {attr!r}")
+
+
+# ------------------------------------------------------------------ config
+def check_compatible(saved: Mapping[str, Any], cfg: RunConfig) -> None:
+    """Raise unless ``cfg`` computes what the run that wrote the checkpoint computed."""
+    now = cfg.to_dict()
+    differ = sorted(k for k in set(saved) | set(now)
+                    if k not in RESUME_EXCLUDE and saved.get(k) != now.get(k))
+    if differ:
+        detail = ", ".join(f"{k} = {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
+                           for k in differ)
+        raise CheckpointError(f"the checkpoint was written by a run with a different "
+                              f"config ({detail}); resume with the run's own config "
+                              f"(fedpers run --resume RUN_ID)")
+
+
+# ------------------------------------------------------------------ the store
+class CheckpointStore:
+    """The checkpoints of one MLflow run (its ``checkpoints/`` artifact folder)."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def rounds(self) -> list[int]:
+        """Rounds with a checkpoint file (verified or not), oldest first."""
+        try:
+            infos = self.tracker.client.list_artifacts(self.tracker.run_id, FOLDER)
+        except Exception as exc:  # noqa: BLE001 - an empty or missing folder
+            logger.debug("no checkpoints listed: %s", exc)
+            return []
+        found = (_NAME.match(Path(i.path).name) for i in infos if not i.is_dir)
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def save(self, ckpt: Checkpoint) -> None:
+        """Store ``ckpt`` as a new artifact, then delete all but the newest ``KEEP``."""
+        with tempfile.TemporaryDirectory(prefix="fedpers-ckpt-") as tmp:
+            path = Path(tmp) / file_name(ckpt.round)
+            path.write_bytes(encode(ckpt))
+            self.tracker.log_file(path, FOLDER)
+        if getattr(self.tracker, "buffering", False):
+            return  # the store is away: the file is queued, nothing to prune yet
+        with self.tracker.quick_requests():  # a store that just went away costs seconds
+            for old in self.rounds()[:-KEEP]:
+                self._delete(old)
+
+    def _delete(self, server_round: int) -> None:
+        """Best effort: not every artifact store can delete."""
+        try:
+            from mlflow.store.artifact.artifact_repository_registry import (
+                get_artifact_repository,
+            )
+
+            uri = self.tracker.client.get_run(self.tracker.run_id).info.artifact_uri
+            get_artifact_repository(uri).delete_artifacts(f"{FOLDER}/{file_name(server_round)}")
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("old checkpoint of round %d not deleted: %s", server_round, exc)
+
+    def load(self, server_round: int) -> Checkpoint:
+        with tempfile.TemporaryDirectory(prefix="fedpers-ckpt-") as tmp:
+            local = self.tracker.client.download_artifacts(
+                self.tracker.run_id, f"{FOLDER}/{file_name(server_round)}", tmp)
+            ckpt = decode(Path(local).read_bytes())
+        if ckpt.round != server_round:
+            raise CheckpointError(f"file of round {server_round} holds round {ckpt.round}")
+        return ckpt
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies (``None`` when there is none)."""
+        for rnd in reversed(self.rounds()):
+            try:
+                ckpt = self.load(rnd)
+            except Exception as exc:  # noqa: BLE001 - a torn or unreadable file
+                logger.warning("checkpoint of round %d is unusable (%s); trying the one "
+                               "before", rnd, exc)
+                continue
+            run_id = ckpt.meta.get("mlflow_run_id")
+            if run_id != self.tracker.run_id:
+                raise CheckpointError(f"checkpoint of round {rnd} belongs to MLflow run "
+                                      f"{run_id!r}, not {self.tracker.run_id!r}")
+            return ckpt
+        return None
+
+    def resume_point(self, cfg: RunConfig) -> Checkpoint | None:
+        """The checkpoint to resume from (``None``: start at round 1); raises when it was
+        written by a run with a config that computes something else."""
+        ckpt = self.latest()
+        if ckpt is not None:
+            check_compatible(ckpt.config, cfg)
+        return ckpt
+
+    def logged_rounds(self) -> set[int]:
+        """The rounds whose metrics are in the run."""
+        history = self.tracker.client.get_metric_history(self.tracker.run_id, ROUND_METRIC)
+        return {int(m.step) for m in history}
+
+    def logged_metrics(self, server_round: int, keys: list[str]) -> dict[str, float]:
+        """The values of ``keys`` the run holds for ``server_round`` (missing keys left out)."""
+        out = {}
+        for key in keys:
+            for m in self.tracker.client.get_metric_history(self.tracker.run_id, key):
+                if m.step == server_round:
+                    out[key] = float(m.value)
+        return out
+
+
+def resume_config(tracking_uri: str, run_id: str) -> RunConfig:
+    """The config to resume MLflow run ``run_id`` with: its newest checkpoint's.
+
+    Raises :class:`~fedpers.tracking.TrackingError` for an unknown run and
+    :class:`CheckpointError` for a finished run or one without a checkpoint.
+    """
+    from fedpers.config import parse_run_config
+    from fedpers.tracking import Tracker, TrackingError, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = Tracker.connect(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"MLflow run {run_id!r} not found at {uri}") from exc
+    if run.info.status == "FINISHED":
+        raise CheckpointError(f"MLflow run {run_id} has FINISHED; there is nothing to resume")
+    ckpt = CheckpointStore(Tracker(uri, run_id)).latest()
+    if ckpt is None:
+        raise CheckpointError(f"MLflow run {run_id} has no usable checkpoint (it ran with "
+                              f"checkpoint-every = 0, or stopped before its first "
+                              f"checkpoint); start it again instead")
+    return parse_run_config({**ckpt.config, "tracking-uri": uri, "mlflow-run-id": run_id})
+
+
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "check_compatible", "decode",
+           "encode", "restore_strategy_state", "resume_config", "strategy_state"]
