@@ -423,11 +423,24 @@ X_LABELS = {UP_TOTAL: ("cumulative uplink bytes (all clients)", True),
             TIME_TOTAL: ("simulated time (s)", False)}
 
 
-def _plot_curves(groups: Mapping[str, Sequence[ChildRun]], x_key: str | None,
-                 target: float | None, path: Path, title: str) -> None:
-    import matplotlib.pyplot as plt
+def _panels(groups: Mapping[str, Sequence[ChildRun]], references: Mapping[str, str]
+            ) -> dict[str, dict[str, Sequence[ChildRun]]]:
+    """One panel per reference group (the reference and the variants compared with
+    it) when there are several; otherwise one panel with every variant."""
+    refs = list(dict.fromkeys(references[v] for v in groups if v in references))
+    if len(refs) < 2:
+        return {"": dict(groups)}
+    panels: dict[str, dict[str, Sequence[ChildRun]]] = {
+        f"vs {ref}": {v: runs for v, runs in groups.items() if references.get(v) == ref}
+        for ref in refs}
+    rest = {v: runs for v, runs in groups.items() if v not in references}
+    if rest:
+        panels["other"] = rest
+    return panels
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+def _draw_curves(ax: Any, groups: Mapping[str, Sequence[ChildRun]], x_key: str | None,
+                 target: float | None) -> None:
     for variant, runs in groups.items():
         acc = _mean_curve(runs, ACC)
         xs_by_step = _mean_curve(runs, x_key) if x_key else {}
@@ -456,9 +469,25 @@ def _plot_curves(groups: Mapping[str, Sequence[ChildRun]], x_key: str | None,
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("server round")
     ax.set_ylabel("global accuracy (mean over seeds)")
-    ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7 if len(groups) > 8 else 8)
+
+
+def _plot_curves(groups: Mapping[str, Sequence[ChildRun]], x_key: str | None,
+                 target: float | None, path: Path, title: str,
+                 references: Mapping[str, str] = MappingProxyType({})) -> None:
+    import matplotlib.pyplot as plt
+
+    panels = _panels(groups, references)
+    cols = 1 if len(panels) == 1 else 2
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.5 * rows), squeeze=False,
+                             sharey=True)
+    for ax, (label, members) in zip(axes.flat, panels.items(), strict=False):
+        _draw_curves(ax, members, x_key, target)
+        ax.set_title(f"{title}, {label}" if label else title)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -486,20 +515,22 @@ def _plot_clients(groups: Mapping[str, Sequence[ChildRun]], path: Path, title: s
 
 
 def write_plots(groups: Mapping[str, Sequence[ChildRun]], target: float | None, out: Path,
-                name: str) -> list[Path]:
+                name: str, references: Mapping[str, str] = MappingProxyType({})
+                ) -> list[Path]:
     """The PNGs (Agg backend): :data:`PLOTS`, and :data:`TIME_PLOT` where the runs
     logged the simulated clock; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     paths = [out / p for p in PLOTS]
-    _plot_curves(groups, None, target, paths[0], f"{name}: accuracy per round")
-    _plot_curves(groups, UP_TOTAL, target, paths[1], f"{name}: accuracy vs uplink bytes")
+    _plot_curves(groups, None, target, paths[0], f"{name}: accuracy per round", references)
+    _plot_curves(groups, UP_TOTAL, target, paths[1], f"{name}: accuracy vs uplink bytes",
+                 references)
     _plot_clients(groups, paths[2], f"{name}: per-client accuracy")
     if any(TIME_TOTAL in r.history for runs in groups.values() for r in runs):
         paths.append(out / TIME_PLOT)
         _plot_curves(groups, TIME_TOTAL, target, paths[-1],
-                     f"{name}: accuracy vs simulated time")
+                     f"{name}: accuracy vs simulated time", references)
     return paths
 
 
@@ -558,7 +589,7 @@ def make_report(target: str, out: str | Path | None = None, tracking_uri: str = 
     (folder / "summary.md").write_text(table)
     write_csv(rows, folder / "summary.csv")
     files = (folder / "summary.md", folder / "summary.csv", *extra,
-             *write_plots(groups, goal, folder, source.name))
+             *write_plots(groups, goal, folder, source.name, source.references))
     if log_to_parent:
         for f in files:
             client.log_artifact(source.parent_run_id, str(f), "report")

@@ -200,3 +200,15 @@ def test_parent_without_finished_children_fails(tracking_uri, tmp_path):
     client.create_run(exp, tags={TAG_BENCH: "empty", TAG_HASH: "h"})
     with pytest.raises(ReportError, match="no finished child runs"):
         make_report("empty", tracking_uri=tracking_uri)
+
+
+def test_plots_get_one_panel_per_reference_group():
+    from fedpers.report import _panels
+
+    runs = {v: [] for v in ("a", "a2", "b", "b2", "lone")}
+    panels = _panels(runs, {"a": "a", "a2": "a", "b": "b", "b2": "b"})
+    assert {k: list(v) for k, v in panels.items()} == {
+        "vs a": ["a", "a2"], "vs b": ["b", "b2"], "other": ["lone"]}
+    # one reference (or none): every variant in one panel
+    assert list(_panels(runs, {"a": "a", "b": "a"})) == [""]
+    assert list(_panels(runs, {})[""]) == list(runs)
