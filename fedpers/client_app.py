@@ -44,6 +44,7 @@ from fedpers.compression import encode_reply_arrays, received_arrays
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.devices import reported_profile
+from fedpers.privacy import clip_update
 from fedpers.rounds import to_array_record
 from fedpers.training import anomaly_scores, derive_seed, evaluate, resolve_device
 from strategies import STRATEGIES
@@ -141,6 +142,9 @@ def train(msg: Message, context: Context) -> Message:
         shared = poison_update(cfg, lc.partition_id, lc.server_round, shared,
                                received_arrays(cfg, msg.content["arrays"],
                                                _shared_arrays(model, set())))
+    if cfg.dp != "none":  # issue 8: DP-FedAvg clips the update before the codec sees it
+        reference = received_arrays(cfg, msg.content["arrays"], _shared_arrays(model, set()))
+        shared, _ = clip_update(shared, reference, cfg.dp_clip_norm)
     rng = np.random.default_rng(derive_seed(cfg.seed, SEED_CODEC, lc.server_round,
                                             lc.partition_id))
     # lossy codecs send the update against what was received (issue 6, fedpers.compression)

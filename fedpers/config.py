@@ -222,6 +222,17 @@ class RunConfig:
                                  doc="folder where clients keep their checkpointed state ('' "
                                      "= $XDG_CACHE_HOME/fedpers/client-state; a SuperNode's "
                                      "node config key of the same name wins)")
+    # issue 8: differential privacy
+    dp: str = _key("dp", "none",
+                   doc="differential privacy (fedpers.privacy): none, client-clipping "
+                       "(DP-FedAvg: clients clip, the server adds Gaussian noise)")
+    dp_clip_norm: float = _key("dp-clip-norm", 1.0, _positive,
+                               doc="dp: L2 bound C of each client's update")
+    dp_noise_multiplier: float = _key("dp-noise-multiplier", 1.0, _positive,
+                                      doc="dp: z; noise std z C / m on the average of "
+                                          "m clients per round")
+    dp_delta: float = _key("dp-delta", 1e-5, _open_fraction,
+                           doc="dp: delta at which privacy/epsilon is logged")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -299,6 +310,7 @@ def _registries() -> dict[str, Mapping[str, Any]]:
     from fedpers.attacks import ATTACKS
     from fedpers.codecs import CODECS
     from fedpers.data import TASKS
+    from fedpers.privacy import DP_MODES
     from fedpers.selection import SELECTORS
     from strategies import STRATEGIES
 
@@ -310,6 +322,7 @@ def _registries() -> dict[str, Mapping[str, Any]]:
         "selection": SELECTORS,
         "aggregation": AGGREGATORS,
         "attack": ATTACKS,
+        "dp": DP_MODES,
     }
 
 
@@ -342,9 +355,11 @@ def parse_run_config(raw: Mapping[str, Any], check_names: bool = True) -> RunCon
     cfg = RunConfig(**values)
     _check_combination(cfg)
     if check_names:  # issue 8: combinations that need the strategy and task registries
+        from fedpers.privacy import check_dp_config
         from fedpers.robust import check_robust_config
 
         check_robust_config(cfg)
+        check_dp_config(cfg)  # issue 8: differential privacy
     return cfg
 
 

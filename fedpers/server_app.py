@@ -3,9 +3,10 @@
 Each round: select clients (seeded) -> ``strategy.configure_train`` on a grid view
 that shows only them -> send, count bytes both ways -> check every reply (errors
 and time-outs are *failed*, malformed updates are *rejected*; neither is
-averaged in) -> ``strategy.aggregate_train`` -> federated evaluation of each
-client's own model on its local test part -> the global model on the held-out
-test set -> one batched MLflow write.
+averaged in) -> robust aggregation (``fedpers.robust``) and, with ``dp``, DP-FedAvg's
+noised average (``fedpers.privacy``) -> ``strategy.aggregate_train`` -> federated
+evaluation of each client's own model on its local test part -> the global model on
+the held-out test set -> one batched MLflow write.
 
 With a device profile (``device-profile``), ``fedpers.participation`` puts training
 on a simulated clock: only clients online in the round are selectable, mid-round
@@ -48,6 +49,7 @@ from fedpers.compression import UploadStats, encode_broadcast
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, FederatedData, load_federated
 from fedpers.participation import Participation
+from fedpers.privacy import build_privacy
 from fedpers.robust import STEPS, RobustLayer
 from fedpers.rounds import (
     REJECT_REASONS,
@@ -123,6 +125,8 @@ class Experiment:
         # issue 8: clipping + robust aggregation before the strategy's own step
         self.robust = RobustLayer(cfg, spec.normalises_steps)
         self.required_metrics = (STEPS,) if spec.normalises_steps else ()
+        # issue 8: DP-FedAvg's noised average and its accountant (fedpers.privacy)
+        self.privacy = build_privacy(cfg)
         self.selector = build_selector(cfg)
         self.codec = build_codec(cfg)
         self.codec_down = build_codec(cfg, cfg.codec_down)
@@ -238,8 +242,13 @@ class Experiment:
             return
         robust = self.robust.apply([c for c, _ in valid], self.global_arrays)
         out.metrics.update(robust.metrics)
+        passed = robust.passed
+        if self.privacy is not None:  # issue 8: every update becomes the noised average
+            dp = self.privacy.server.apply(rnd, passed, self.global_arrays, len(messages))
+            passed = dp.passed
+            out.metrics.update(dp.metrics)
         agg_arrays, _ = self.strategy.aggregate_train(
-            rnd, [clean_reply(valid[i][1], c) for i, c in robust.passed])
+            rnd, [clean_reply(valid[i][1], c) for i, c in passed])
         if agg_arrays is not None:
             for name, arr in record_to_numpy(agg_arrays).items():
                 self.global_arrays[name] = arr.astype(self.global_arrays[name].dtype,
@@ -323,6 +332,10 @@ class Experiment:
             out = RoundLog()
             self.bytes.start_round()
             self.train_round(rnd, out)
+            if self.privacy is not None:  # issue 8: the budget spent, this round included
+                out.metrics.update(self.privacy.metrics(
+                    self.aggregated + int(out.metrics.get("clients/trained", 0)
+                                          >= cfg.min_train_clients)))
             if rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
                 self.evaluate_round(rnd, out)
                 self.evaluate_global(out)

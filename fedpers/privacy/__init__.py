@@ -1,0 +1,132 @@
+"""Differential privacy (issue 8): ``dp=`` modes, their config checks and accounting.
+
+``dp = "client-clipping"`` is DP-FedAvg with client-side fixed clipping and central
+Gaussian noise (``fedpers.privacy.dpfedavg``, arXiv:1710.06963); the budget spent
+is tracked with the RDP accountant of the sampled Gaussian mechanism
+(``fedpers.privacy.accountant``, arXiv:1908.10530) and logged every round as
+``privacy/epsilon`` at ``dp-delta``.
+
+Why not Flower's ``DifferentialPrivacyClientSideFixedClipping`` + ``fixedclipping_mod``
+(flwr 1.42): the mod wraps the whole ClientApp, so it would clip the *encoded* codec
+payload and refuses replies with more than one ArrayRecord; the wrapper draws its
+noise from numpy's global, unseeded generator, adds it *after* the wrapped strategy's
+step (for FedAvgM/FedAdam/FedYogi the noise must enter before the server optimiser),
+and its accountant needs the ``dp-accounting`` package and gives no amplification by
+sampling. The same clip-then-noise construction is done here, in the round loop,
+seeded from the run seed.
+
+Combinations refused (``check_dp_config``), each with a ConfigError naming both keys:
+SCAFFOLD (its control update is a second, unclipped vector each client sends),
+FedNova (it rescales by client-reported step counts, which the sensitivity bound does
+not cover), robust aggregation other than ``mean`` and ``clip-update-norm`` (a median
+or Krum selection is not the Gaussian mechanism on a sum; ``dp-clip-norm`` is the
+clipping), and selection rules other than ``uniform`` (they choose clients from their
+losses or speeds, which is itself a release of private information).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fedpers.privacy.accountant import RdpAccountant
+from fedpers.privacy.dpfedavg import DpFedAvg, clip_update
+
+if TYPE_CHECKING:
+    from fedpers.config import RunConfig
+
+# dp= name -> the server half (None: no differential privacy)
+DP_MODES: dict[str, Callable[[RunConfig], DpFedAvg | None]] = {
+    "none": lambda cfg: None,
+    "client-clipping": lambda cfg: DpFedAvg(cfg.dp_clip_norm, cfg.dp_noise_multiplier,
+                                            cfg.seed),
+}
+
+__all__ = ["DP_MODES", "DpFedAvg", "PrivacyLayer", "RdpAccountant", "build_privacy",
+           "check_dp_config", "clip_update", "sampling_rate"]
+
+
+def clients_per_round(cfg: RunConfig) -> int:
+    """``m``: the clients the server selects each round (as ``Experiment.train_round``)."""
+    return max(1, int(round(cfg.fraction_train * cfg.num_clients)))
+
+
+def sampling_rate(cfg: RunConfig) -> float:
+    """``q`` of the accountant: ``m / num-clients`` under uniform selection.
+
+    With a simulated clock (``device-profile``) the round's sample is drawn from the
+    clients online in it, not from everyone uniformly; no amplification by sampling
+    is claimed then (``q = 1``).
+    """
+    if cfg.device_profile != "none":
+        return 1.0
+    return min(1.0, clients_per_round(cfg) / cfg.num_clients)
+
+
+def check_dp_config(cfg: RunConfig) -> None:
+    """Refuse ``dp`` combinations that break the DP-FedAvg analysis (module docstring)."""
+    from fedpers.config import ConfigError, config_keys
+    from strategies import STRATEGIES
+
+    if cfg.dp not in DP_MODES:
+        raise ConfigError(f"run-config key 'dp': unknown name {cfg.dp!r}; valid names: "
+                          f"{', '.join(sorted(DP_MODES))}")
+    if cfg.dp == "none":
+        defaults = config_keys()
+        for key, value in (("dp-clip-norm", cfg.dp_clip_norm),
+                           ("dp-noise-multiplier", cfg.dp_noise_multiplier),
+                           ("dp-delta", cfg.dp_delta)):
+            if value != defaults[key]:
+                raise ConfigError(f"run-config key {key!r} = {value!r} needs differential "
+                                  f"privacy; set dp = 'client-clipping'")
+        return
+    spec = STRATEGIES[cfg.strategy]
+    if spec.extra_records:
+        raise ConfigError(
+            f"run-config key 'dp' = {cfg.dp!r} cannot be used with 'strategy' = "
+            f"{cfg.strategy!r}: each client also sends its "
+            f"{', '.join(spec.extra_records)} record (SCAFFOLD's control update), which "
+            f"DP-FedAvg neither clips nor noises, so the round's release is not private")
+    if spec.normalises_steps:
+        raise ConfigError(
+            f"run-config key 'dp' = {cfg.dp!r} cannot be used with 'strategy' = "
+            f"{cfg.strategy!r}: it divides each update by the client's reported local "
+            f"steps and rescales by their weighted sum, so a client's influence is not "
+            f"bounded by dp-clip-norm")
+    if cfg.aggregation != "mean":
+        raise ConfigError(
+            f"run-config key 'dp' = {cfg.dp!r} needs 'aggregation' = 'mean': the "
+            f"Gaussian noise is calibrated to a clipped sum, and {cfg.aggregation!r} is "
+            f"not one (its sensitivity and selection are not accounted)")
+    if cfg.clip_update_norm > 0:
+        raise ConfigError(
+            f"run-config key 'clip-update-norm' = {cfg.clip_update_norm} cannot be used "
+            f"with 'dp' = {cfg.dp!r}: 'dp-clip-norm' is the clipping bound of DP-FedAvg; "
+            f"set clip-update-norm = 0")
+    if cfg.selection != "uniform":
+        raise ConfigError(
+            f"run-config key 'dp' = {cfg.dp!r} needs 'selection' = 'uniform': "
+            f"{cfg.selection!r} picks clients from what they reported (loss, speed), "
+            f"which leaks information the accountant does not cover")
+
+
+class PrivacyLayer:
+    """What the round loop uses: the server half of the ``dp`` mode and its accountant."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        server = DP_MODES[cfg.dp](cfg)
+        if server is None:
+            raise ValueError("PrivacyLayer needs dp != 'none'")
+        self.server = server
+        self.accountant = RdpAccountant(sampling_rate(cfg), cfg.dp_noise_multiplier,
+                                        cfg.dp_delta)
+
+    def metrics(self, releases: int) -> dict[str, float]:
+        """``privacy/epsilon`` after ``releases`` aggregated rounds (and the count)."""
+        return {"privacy/epsilon": self.accountant.epsilon(releases),
+                "privacy/releases": float(releases)}
+
+
+def build_privacy(cfg: RunConfig) -> PrivacyLayer | None:
+    """The round loop's privacy layer, or None for ``dp = 'none'``."""
+    return None if cfg.dp == "none" else PrivacyLayer(cfg)
