@@ -1,0 +1,88 @@
+"""benchmarks/overhead/run.py: the floor does fedpers' local work, the script reports ratios.
+
+Behaviour only: no assertion on speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from fedpers.config import parse_run_config
+from fedpers.data import TASKS, DataSpec, load_federated
+from fedpers.training import resolve_device, train_local
+
+SCRIPT = ROOT / "benchmarks" / "overhead" / "run.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("overhead_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_update_equals_train_local():
+    """The raw floor trains exactly as fedpers' clients do (same batches, seeds, steps)."""
+    run = _load_script()
+    cfg = parse_run_config({"task": "digits", "num-clients": 3, "partition": "iid",
+                            "max-samples-per-client": 50, "local-epochs": 2, "lr": 0.1,
+                            "momentum": 0.9, "batch-size": 16})
+    fed = load_federated(DataSpec.from_config(cfg))
+    c = fed.clients[1]
+    torch.manual_seed(0)
+    model = TASKS["digits"].build_model(fed.input_shape, fed.num_classes)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    update = run._local_update(model, start, c.x_train, c.y_train, cfg, seed=7)
+
+    ref = TASKS["digits"].build_model(fed.input_shape, fed.num_classes)
+    ref.load_state_dict(start)
+    res = train_local(ref, c.x_train, c.y_train, kind="classification", epochs=2,
+                      batch_size=16, lr=0.1, momentum=0.9, seed=7,
+                      device=resolve_device("cpu"))
+    assert res.steps == 2 * math.ceil(len(c.x_train) / 16)
+    for k, v in ref.state_dict().items():
+        np.testing.assert_allclose((start[k] + update[k]).numpy(), v.numpy(), rtol=0, atol=1e-6)
+    assert any(float(u.abs().max()) > 0 for u in update.values())  # it did train
+
+
+def test_floor_round_is_the_weighted_mean_of_updates():
+    """One floor round moves the model by the example-weighted mean of the client updates."""
+    run = _load_script()
+    cfg = parse_run_config({"task": "digits", "num-clients": 2, "partition": "iid",
+                            "max-samples-per-client": 30, "num-server-rounds": 1})
+    floor = run._Floor(cfg)
+    g = {k: v.detach().clone() for k, v in floor.model.state_dict().items()}
+    total, n = floor.weighted_sum(g, 1, [0, 1])
+    assert n == sum(c.num_train for c in floor.fed.clients)
+    u0, _ = floor.weighted_sum(g, 1, [0])
+    u1, _ = floor.weighted_sum(g, 1, [1])
+    for k in g:
+        np.testing.assert_allclose(total[k].numpy(), (u0[k] + u1[k]).numpy(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_quick_run_prints_both_timings_and_a_ratio_per_size():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--task", "digits"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "--cpus" in out and "threads in this process" in out
+    rows = re.findall(r"^\| (\d+) \| ([^\n]+) \|$", out, flags=re.M)
+    assert [int(n) for n, _ in rows] == [2, 3]  # the --quick sizes, in order
+    for _, cells in rows:
+        values = [float(v) for v in cells.split(" | ")]
+        # (a) threads, (a) procs, (b) fedpers, then the two ratios (b)/(a)
+        assert len(values) == 5
+        assert all(math.isfinite(v) and v > 0 for v in values)
+        # times have 4 significant digits, ratios 2 decimals
+        np.testing.assert_allclose(values[3], values[2] / values[0], rtol=0.01, atol=0.006)
+        np.testing.assert_allclose(values[4], values[2] / values[1], rtol=0.01, atol=0.006)
