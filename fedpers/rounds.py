@@ -137,6 +137,8 @@ class CheckedReply:
     metrics: dict[str, Any]
     # the strategy's extra reply records (StrategySpec.extra_records), validated
     extra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # ||arrays - global||_2 over the float arrays, as the screening measured it
+    norm: float = float("nan")
 
 
 def _metrics(reply: Message) -> dict[str, Any]:
@@ -278,8 +280,8 @@ def screen_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: 
     if missing:
         raise RejectedReply(f"missing metric(s) {', '.join(map(repr, missing))}", "metrics")
     extra = check_extra_records(reply, reference, extra_records)
-    check_update_norm(arrays, reference, max_norm)
-    return CheckedReply(partition_id, arrays, metrics, extra)
+    norm = check_update_norm(arrays, reference, max_norm)
+    return CheckedReply(partition_id, arrays, metrics, extra, norm)
 
 
 def check_eval_reply(reply: Message) -> dict[str, Any]:

@@ -64,7 +64,6 @@ from fedpers.rounds import (
     refresh_roster,
     screen_train_reply,
     to_array_record,
-    update_norm,
     wait_for_nodes,
     weighted_mean,
 )
@@ -228,7 +227,7 @@ class Experiment:
                             "clients/failed": float(failed),
                             "clients/rejected": float(sum(rejected.values()))})
         out.metrics.update({f"clients/rejected_{why}": float(n) for why, n in rejected.items()})
-        norms = [update_norm(c.arrays, self.global_arrays) for c, _ in valid]
+        norms = [c.norm for c, _ in valid]  # measured by the screening
         if norms:
             out.metrics["clients/update_norm_median"] = float(np.median(norms))
             out.metrics["clients/update_norm_max"] = float(np.max(norms))

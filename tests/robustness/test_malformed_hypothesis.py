@@ -166,6 +166,10 @@ def test_valid_replies_are_accepted_unchanged(arrays):
     checked = screen_train_reply(_reply(arrays), REF, NONE, max_norm=MAX_NORM)
     for k, v in arrays.items():
         np.testing.assert_array_equal(checked.arrays[k], v)
+    # the norm the screening measured is the one the round logs (clients/update_norm_*)
+    expected = np.sqrt(sum(np.sum((v.astype(np.float64) - REF[k]) ** 2)
+                           for k, v in arrays.items() if v.dtype.kind == "f"))
+    assert checked.norm == pytest.approx(expected, rel=1e-9, abs=1e-12)
     up = encode_update(Q8, arrays, REF, np.random.default_rng(0))
     decoded = screen_train_reply(_reply(up.payload), REF, Q8, max_norm=MAX_NORM)
     assert set(decoded.arrays) == set(REF)
