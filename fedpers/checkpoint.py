@@ -202,7 +202,7 @@ class CheckpointStore:
             path = Path(tmp) / file_name(ckpt.round)
             path.write_bytes(encode(ckpt))
             self.tracker.log_file(path, FOLDER)
-        if getattr(self.tracker, "buffering", False):
+        if self.tracker.buffering:
             return  # the store is away: the file is queued, nothing to prune yet
         with self.tracker.quick_requests():  # a store that just went away costs seconds
             for old in self.rounds()[:-KEEP]:

@@ -347,14 +347,17 @@ def compare_to_references(groups: Mapping[str, Sequence[ChildRun]],
                           fraction: float) -> list[ReferenceRow]:
     """Each variant with a finished reference, against that reference."""
     out = []
+    at_goal: dict[str, VariantRow] = {}  # each reference against its own goal, once
     for variant, runs in groups.items():
         ref = references.get(variant)
         if ref is None or ref not in rows:
             continue
         ref_row = rows[ref]
         goal = fraction * ref_row.acc[0]
-        mine = summarize_variant(variant, runs, goal)
-        theirs = summarize_variant(ref, groups[ref], goal)
+        if ref not in at_goal:
+            at_goal[ref] = summarize_variant(ref, groups[ref], goal)
+        theirs = at_goal[ref]
+        mine = theirs if variant == ref else summarize_variant(variant, runs, goal)
         out.append(ReferenceRow(
             variant=variant, reference=ref, n=len(runs), goal=goal,
             acc_delta=100.0 * (rows[variant].acc[0] - ref_row.acc[0]),

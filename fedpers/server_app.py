@@ -398,7 +398,7 @@ class Experiment:
             logger.warning("round %d: checkpoint not stored (%s: %s); the newest is still "
                            "round %d", rnd, type(exc).__name__, exc, self.saved_round)
             return
-        if getattr(self.tracker, "buffering", False):
+        if self.tracker.buffering:
             # queued during a tracking outage: not in the store yet, so clients keep the
             # state of the newest stored checkpoint too
             logger.warning("round %d: checkpoint queued (the MLflow store is unreachable); "
