@@ -124,6 +124,33 @@ def test_client_past_the_round_timeout_is_counted_failed(tracking_uri):
     assert [v for _, v in hist["clients/trained"]] == [2, 2]
 
 
+def test_mid_round_dropouts_are_counted_and_a_round_below_the_minimum_is_skipped(
+        tracking_uri):
+    """Devices that drop out mid-round (seeded draws of the simulated clock) never
+    deliver; a round left with fewer than min-train-clients updates is skipped (the
+    global model stays as it was) and the run goes on."""
+    from fedpers.devices import build_clock
+
+    cfg = parse_run_config({**BASE, "num-clients": 6, "num-server-rounds": 4,
+                            "fraction-train": 1.0, "local-epochs": 1,
+                            "device-profile": "lognormal", "device-dropout": 0.5,
+                            "min-train-clients": 3, "seed": 1, "tracking-uri": tracking_uri})
+    clock = build_clock(cfg)
+    rounds = range(1, 5)
+    dropped = [sum(clock.drops_out(r, p) for p in range(6)) for r in rounds]
+    skipped = [r for r, d in zip(rounds, dropped) if 6 - d < 3]
+    assert skipped and skipped[0] > 1 and len(skipped) < 4  # seed 1: both kinds of round
+    run_id = run_simulation(cfg)
+    hist = metric_history(tracking_uri, run_id)
+    assert [v for _, v in hist["clients/dropped"]] == dropped
+    assert [v for _, v in hist["clients/trained"]] == [6 - d for d in dropped]
+    assert [v for _, v in hist["clients/failed"]] == [0] * 4
+    acc = dict(hist["eval/global_accuracy"])
+    assert sorted(acc) == list(rounds)
+    for r in skipped:  # the model did not move, so neither did its accuracy
+        assert acc[r] == acc[r - 1]
+
+
 def test_run_with_no_update_ever_aggregated_is_failed(tracking_uri):
     from fedpers.client_app import build_client_app
     from fedpers.faults import fault_mod
