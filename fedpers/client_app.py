@@ -40,12 +40,11 @@ from clients import LOCAL_UPDATES, PERSONALIZERS, LocalContext
 from fedpers import client_state
 from fedpers import metrics as fm
 from fedpers.attacks import attackers, poison_labels, poison_update
-from fedpers.compression import encode_reply_arrays, received_arrays
+from fedpers.compression import encode_extra_record, encode_reply_arrays, received_arrays
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.devices import reported_profile
 from fedpers.privacy import clip_update
-from fedpers.rounds import to_array_record
 from fedpers.training import anomaly_scores, derive_seed, evaluate, resolve_device
 from strategies import STRATEGIES
 
@@ -154,8 +153,10 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"num-examples": result.num_examples, "train-loss": result.loss,
                             "steps": result.steps, "partition-id": lc.partition_id,
                             **codec_metrics})
-    # A strategy's extra reply records (e.g. SCAFFOLD's "control"), shared names only.
-    extra = {name: to_array_record({k: v for k, v in rec.items() if k in shared})
+    # A strategy's extra reply records (e.g. SCAFFOLD's "control"), shared names only,
+    # through the same codec (fedpers.compression.encode_extra_record).
+    extra = {name: encode_extra_record(cfg, name, {k: v for k, v in rec.items() if k in shared},
+                                       rng, context.state)
              for name, rec in lc.reply_arrays.items()}
     return Message(RecordDict({"arrays": arrays, "metrics": metrics, **extra}), reply_to=msg)
 

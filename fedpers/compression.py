@@ -7,6 +7,10 @@ only codec code that touches Flower records:
   the ``ArrayRecord`` of the reply, with the error-feedback residual kept in the
   client's Context state under ``"ef-residual"`` and the update's distortion as a
   reply metric (``codec-distortion``).
+- :func:`encode_extra_record` (client): a strategy's extra reply record (SCAFFOLD's
+  control update) through the same codec, as an update against zero, with its own
+  error-feedback residual (``"ef-residual/<record>"``); the server's reply checks
+  (:func:`fedpers.rounds.check_extra_records`) decode it.
 - :func:`received_arrays` (client): the broadcast as numpy, decoded when the
   server compresses it (``codec-down``).
 - :func:`encode_broadcast` (server): replaces the ``"arrays"`` record of the
@@ -26,7 +30,12 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedpers.codecs import Codec, build_codec
-from fedpers.codecs.update import EncodedUpdate, decode_weights, encode_update, encode_weights
+from fedpers.codecs.update import (
+    EncodedUpdate,
+    decode_weights,
+    encode_update,
+    encode_weights,
+)
 from fedpers.comm import content_bytes
 from fedpers.rounds import to_array_record
 
@@ -39,15 +48,17 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 # ------------------------------------------------------------------ client
-def load_residual(state: RecordDict) -> dict[str, np.ndarray] | None:
-    if EF_STATE_KEY not in state.array_records:
+def load_residual(state: RecordDict, key: str = EF_STATE_KEY
+                  ) -> dict[str, np.ndarray] | None:
+    if key not in state.array_records:
         return None
-    return {k: a.numpy() for k, a in state.array_records[EF_STATE_KEY].items()}
+    return {k: a.numpy() for k, a in state.array_records[key].items()}
 
 
-def store_residual(state: RecordDict, residual: dict[str, np.ndarray] | None) -> None:
+def store_residual(state: RecordDict, residual: dict[str, np.ndarray] | None,
+                   key: str = EF_STATE_KEY) -> None:
     if residual is not None:
-        state[EF_STATE_KEY] = _record(residual)
+        state[key] = _record(residual)
 
 
 def encode_reply_arrays(cfg: Any, shared: dict[str, np.ndarray], broadcast: ArrayRecord,
@@ -68,6 +79,29 @@ def encode_reply_arrays(cfg: Any, shared: dict[str, np.ndarray], broadcast: Arra
         store_residual(state, up.residual)
     metrics = {} if up.distortion is None else {DISTORTION_METRIC: up.distortion}
     return _record(up.payload), metrics
+
+
+def _zeros(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.zeros_like(v) for k, v in arrays.items()}
+
+
+def encode_extra_record(cfg: Any, name: str, arrays: dict[str, np.ndarray],
+                        rng: np.random.Generator, state: RecordDict) -> ArrayRecord:
+    """A strategy's extra reply record (e.g. SCAFFOLD's control update ``Δc_i``)
+    through the upload codec: already a difference, so it is encoded against zero,
+    with its own error-feedback residual in the Context state. Sent as it is when the
+    codec is lossless."""
+    codec = build_codec(cfg)
+    if not codec.lossy:
+        return _record(arrays)
+    ef = bool(cfg.error_feedback)
+    key = f"{EF_STATE_KEY}/{name}"
+    up = encode_update(codec, arrays, _zeros(arrays), rng,
+                       residual=load_residual(state, key) if ef else None,
+                       error_feedback=ef)
+    if ef:
+        store_residual(state, up.residual, key)
+    return _record(up.payload)
 
 
 def received_arrays(cfg: Any, record: ArrayRecord,
@@ -105,9 +139,12 @@ class UploadStats:
         self.distortions: list[float] = []
 
     def add(self, reply: Message, arrays: dict[str, np.ndarray],
-            metrics: dict[str, Any]) -> None:
-        """Count one accepted train reply (call before its content is replaced)."""
+            metrics: dict[str, Any],
+            extra: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+        """Count one accepted train reply (call before its content is replaced);
+        ``extra``: its decoded extra records (SCAFFOLD's control update)."""
         self.raw += sum(int(a.nbytes) for a in arrays.values())
+        self.raw += sum(int(a.nbytes) for rec in (extra or {}).values() for a in rec.values())
         self.sent += content_bytes(reply.content)
         if DISTORTION_METRIC in metrics:
             self.distortions.append(float(metrics[DISTORTION_METRIC]))

@@ -220,12 +220,15 @@ def _check_arrays(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray
 
 
 def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
-                        names: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
-    """Validate a strategy's extra reply records (e.g. SCAFFOLD's control update).
+                        names: tuple[str, ...], codec: Codec | None = None
+                        ) -> dict[str, dict[str, np.ndarray]]:
+    """Decode and validate a strategy's extra reply records (e.g. SCAFFOLD's control
+    update).
 
-    Each named ArrayRecord must be present and hold floating-point arrays whose
-    names and shapes are those of ``reference`` parameters, with finite values.
-    They are sent as they are (the codec encodes only the model).
+    Each named ArrayRecord must be present and, once decoded (a lossy ``codec``
+    encodes it like the model's update, against zero:
+    :func:`fedpers.compression.encode_extra_record`), hold floating-point arrays
+    whose names and shapes are those of ``reference`` parameters, with finite values.
     """
     out: dict[str, dict[str, np.ndarray]] = {}
     records = reply.content.array_records
@@ -234,6 +237,12 @@ def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
             raise RejectedReply(f"missing ArrayRecord {name!r}")
         try:
             arrays = {k: a.numpy() for k, a in records[name].items()}
+            if codec is not None and codec.lossy:  # an update against zero
+                arrays = decode_update(codec, arrays,
+                                       {k: np.zeros_like(v) for k, v in reference.items()})
+        except CodecError as exc:
+            raise RejectedReply(f"malformed encoded ArrayRecord {name!r}: {exc}",
+                                "codec") from exc
         except Exception as exc:  # noqa: BLE001 - undeserialisable arrays
             raise RejectedReply(f"cannot read ArrayRecord {name!r}: "
                                 f"{type(exc).__name__}: {exc}", "codec") from exc
@@ -279,7 +288,7 @@ def screen_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: 
     missing = [k for k in required_metrics if k not in metrics]
     if missing:
         raise RejectedReply(f"missing metric(s) {', '.join(map(repr, missing))}", "metrics")
-    extra = check_extra_records(reply, reference, extra_records)
+    extra = check_extra_records(reply, reference, extra_records, codec)
     norm = check_update_norm(arrays, reference, max_norm)
     return CheckedReply(partition_id, arrays, metrics, extra, norm)
 

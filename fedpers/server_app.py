@@ -213,7 +213,7 @@ class Experiment:
                                exc.reason, exc)
                 continue
             checked.append((c, reply))
-            upload.add(reply, c.arrays, c.metrics)
+            upload.add(reply, c.arrays, c.metrics, c.extra)
         keep, drop = consistent_key_sets([c for c, _ in checked])
         for c in drop:
             rejected["keys"] += 1

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from strategy_helpers import task_identity  # noqa: F401 - autouse fixture
 
-from fedpers.codecs import CODECS
+from fedpers.codecs import CODECS, build_codec
 from fedpers.comm import content_bytes
 from fedpers.rounds import (
     CheckedReply,
@@ -71,3 +71,80 @@ def test_the_extra_record_is_counted_in_the_bytes():
     control = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in REF.items()}
     with_control = content_bytes(_reply(control).content)
     assert with_control - plain >= sum(v.nbytes for v in control.values())
+
+
+# ------------------------------------------------- through the upload codec (issue 6)
+BIG = {"w": np.zeros((40, 50), np.float32), "b": np.zeros(50, np.float32)}
+
+
+def _cfg(codec: str, ef: bool):
+    from fedpers.config import parse_run_config
+
+    return parse_run_config({"task": "digits", "codec": codec, "error-feedback": ef})
+
+
+def _encoded_reply(record: ArrayRecord) -> Message:
+    ins = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=7)
+    return Message(RecordDict({"control": record}), reply_to=ins)
+
+
+def test_a_lossy_codec_compresses_the_extra_record_and_the_server_decodes_it():
+    from fedpers.compression import encode_extra_record
+
+    rng = np.random.default_rng(1)
+    control = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in BIG.items()}
+    plain = content_bytes(RecordDict({"control": ArrayRecord(
+        {k: Array(v) for k, v in control.items()})}))
+    for codec, tol, max_share in (("fp16", 1e-3, 0.55), ("q8", 0.05, 0.3)):
+        record = encode_extra_record(_cfg(codec, False), "control", control,
+                                     np.random.default_rng(0), RecordDict())
+        sent = content_bytes(RecordDict({"control": record}))
+        assert sent < max_share * plain, codec
+        decoded = check_extra_records(_encoded_reply(record), BIG, ("control",),
+                                      build_codec(_cfg(codec, False)))["control"]
+        for k in control:
+            assert decoded[k].dtype == np.float32
+            np.testing.assert_allclose(decoded[k], control[k], atol=tol * 4, rtol=tol)
+    # lossless: the arrays as they are
+    record = encode_extra_record(_cfg("none", False), "control", control,
+                                 np.random.default_rng(0), RecordDict())
+    np.testing.assert_array_equal(record["w"].numpy(), control["w"])
+
+
+def test_error_feedback_on_the_extra_record_loses_nothing_over_rounds():
+    """sum of what the server decoded + the residual left = sum of the records."""
+    from fedpers.compression import EF_STATE_KEY, encode_extra_record, load_residual
+
+    cfg, state = _cfg("topk", True), RecordDict()
+    rng = np.random.default_rng(2)
+    total_in = {k: np.zeros_like(v, dtype=np.float64) for k, v in BIG.items()}
+    total_out = {k: np.zeros_like(v, dtype=np.float64) for k, v in BIG.items()}
+    for rnd in range(5):
+        control = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in BIG.items()}
+        record = encode_extra_record(cfg, "control", control, np.random.default_rng(rnd),
+                                     state)
+        decoded = check_extra_records(_encoded_reply(record), BIG, ("control",),
+                                      build_codec(cfg))["control"]
+        for k in BIG:
+            total_in[k] += control[k]
+            total_out[k] += decoded[k]
+            assert np.count_nonzero(decoded[k]) <= max(1, int(np.ceil(0.01 * BIG[k].size)))
+    residual = load_residual(state, f"{EF_STATE_KEY}/control")
+    assert EF_STATE_KEY not in state.array_records  # the model's residual is its own
+    for k in BIG:
+        np.testing.assert_allclose(total_out[k] + residual[k], total_in[k], atol=1e-4)
+
+
+def test_a_corrupted_encoded_extra_record_is_rejected_as_codec():
+    from fedpers.compression import encode_extra_record
+
+    control = {k: np.ones_like(v) for k, v in BIG.items()}
+    record = encode_extra_record(_cfg("q8", False), "control", control,
+                                 np.random.default_rng(0), RecordDict())
+    arrays = {k: a.numpy() for k, a in record.items()}
+    key = next(k for k, v in arrays.items() if v.dtype == np.uint8)
+    arrays[key] = arrays[key][:-7]  # truncated
+    bad = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    with pytest.raises(RejectedReply, match="malformed encoded ArrayRecord 'control'") as err:
+        check_extra_records(_encoded_reply(bad), BIG, ("control",), build_codec(_cfg("q8", False)))
+    assert err.value.reason == "codec"

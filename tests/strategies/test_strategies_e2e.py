@@ -53,6 +53,22 @@ def test_scaffold_with_partial_participation_doubles_the_uplink(tracking_uri):
         assert 2 * 1.9 * fedavg_up <= train_up <= up <= 2 * 2.1 * fedavg_up + 3 * 1000, rnd
 
 
+def test_scaffold_with_a_lossy_codec_compresses_the_control_update_too(tracking_uri):
+    """The codec encodes Δc_i like the model update: the uplink is about twice a q8
+    FedAvg upload, not a q8 model plus an fp32 control variate."""
+    cfg = parse_run_config({**BASE, "strategy": "scaffold", "fraction-train": 0.67,
+                            "codec": "q8", "tracking-uri": tracking_uri})
+    run_id = run_simulation(cfg)
+    hist = metric_history(tracking_uri, run_id)
+    _check_finite_and_counts(hist, selected=2)
+    fedavg_up = _fedavg_upload_bytes(tracking_uri, run_id)
+    for rnd, up in hist["comm/bytes_up"]:
+        # 2 train replies of (model + Δc_i) at ~1/4 size each, 3 evaluation replies
+        assert up <= 2 * 2 * 0.3 * fedavg_up + 3 * 1000, rnd
+    # raw bytes (model + Δc_i) over sent bytes: q8's ~4x, not ~1.6x
+    assert all(r > 3.0 for _, r in hist["comm/compression_ratio"])
+
+
 def test_fedprox_with_stragglers(tracking_uri):
     cfg = parse_run_config({**BASE, "strategy": "fedprox", "proximal-mu": 0.1,
                             "momentum": 0.9, "straggler-fraction": 0.34,
