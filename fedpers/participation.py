@@ -146,12 +146,38 @@ class Participation:
             if isinstance(loss, (int, float)) and math.isfinite(loss):
                 self.stats[pid].last_loss = float(loss)
 
+    def table(self) -> list[dict[str, Any]]:
+        """One row per client (partition id order): how often it was selected, its
+        last selection, loss and simulated duration, and, with a clock, its device
+        profile and predicted round time. Logged as ``participation.csv`` at the end
+        of a run, so a user sees who a selector left out and why."""
+        rows = []
+        for p in self.roster.partitions():
+            rec = self.stats.get(p)
+            row: dict[str, Any] = {"partition-id": p,
+                                   "num-examples": self.roster.num_examples.get(p, 0),
+                                   "times-selected": rec.times_selected,
+                                   "last-round": rec.last_round,
+                                   "last-loss": _blank(rec.last_loss),
+                                   "last-duration-s": _blank(rec.last_duration_s)}
+            if self.clock is not None:
+                prof = self.clock.profiles[p]
+                row.update({"compute-sps": prof.compute_sps, "up-bps": prof.up_bps,
+                            "down-bps": prof.down_bps, "availability": prof.availability,
+                            "expected-s": _blank(rec.expected_s)})
+            rows.append(row)
+        return rows
+
     def metrics(self) -> dict[str, float]:
         if self.clock is None:
             return {}
         return {"time/round_s": self.timing.duration_s if self.timing else 0.0,
                 "time/total_s": self.clock.total_s,
                 "clients/dropped": float(self.dropped)}
+
+
+def _blank(value: float | None) -> float | str:
+    return "" if value is None else value
 
 
 def _set_config(msg: Message, key: str, value: int) -> None:

@@ -543,6 +543,13 @@ class Experiment:
                     writer.writeheader()
                     writer.writerows(self.last_clients)
                 self.tracker.log_file(d / "client_metrics.csv")
+            rows = self.participation.table()
+            if rows:
+                with open(d / "participation.csv", "w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(rows)
+                self.tracker.log_file(d / "participation.csv")
 
 
 def open_tracker(cfg: RunConfig) -> Tracker:

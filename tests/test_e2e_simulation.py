@@ -80,7 +80,7 @@ def test_params_tags_and_artifacts(digits_run):
     for tag in ("git_commit", "version.flwr", "version.torch", "version.fedpers"):
         assert tag in run.data.tags
     names = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.json", "client_metrics.csv", "model"} <= names
+    assert {"config.json", "client_metrics.csv", "participation.csv", "model"} <= names
     csv_path = client.download_artifacts(run_id, "client_metrics.csv")
     rows = open(csv_path).read().strip().splitlines()
     assert rows[0].startswith("partition-id") and len(rows) == 1 + 3
@@ -138,7 +138,7 @@ def test_mid_round_dropouts_are_counted_and_a_round_below_the_minimum_is_skipped
     clock = build_clock(cfg)
     rounds = range(1, 5)
     dropped = [sum(clock.drops_out(r, p) for p in range(6)) for r in rounds]
-    skipped = [r for r, d in zip(rounds, dropped) if 6 - d < 3]
+    skipped = [r for r, d in zip(rounds, dropped, strict=True) if 6 - d < 3]
     assert skipped and skipped[0] > 1 and len(skipped) < 4  # seed 1: both kinds of round
     run_id = run_simulation(cfg)
     hist = metric_history(tracking_uri, run_id)

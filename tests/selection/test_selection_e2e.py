@@ -71,6 +71,25 @@ def test_oort_with_a_deadline_drops_stragglers_and_logs_the_clock(tmp_path):
     trained = m["clients/trained"]
     assert np.all(trained * per_client <= up) and np.all(up < trained * per_client + 6 * 1000)
     assert np.isfinite(series(hist, "eval/global_accuracy")).all()
+    # participation.csv: who was picked how often, next to each device's profile
+    import csv
+
+    from mlflow.tracking import MlflowClient
+    path = MlflowClient(tracking_uri=uri).download_artifacts(run_id, "participation.csv")
+    rows = list(csv.DictReader(open(path)))
+    assert [int(r["partition-id"]) for r in rows] == list(range(6))
+    counts = np.array([int(r["times-selected"]) for r in rows])
+    assert counts.sum() == m["clients/selected"].sum()
+    jain = counts.sum() ** 2 / (6 * np.square(counts).sum())
+    assert jain == pytest.approx(m["fairness/jain_selection"][-1])
+    profiles = build_clock(cfg).profiles
+    for r in rows:
+        own = profiles[int(r["partition-id"])]
+        assert float(r["compute-sps"]) == pytest.approx(own.compute_sps)
+        if int(r["times-selected"]) == 0:  # never picked: no loss, no last round
+            assert r["last-loss"] == "" and int(r["last-round"]) == 0
+        else:
+            assert 1 <= int(r["last-round"]) <= 3
 
 
 def test_fedprox_does_partial_work_within_the_deadline(tmp_path):
