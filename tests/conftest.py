@@ -28,3 +28,13 @@ def metric_history(tracking_uri: str, run_id: str) -> dict[str, list[tuple[int, 
     run = client.get_run(run_id)
     return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
             for k in run.data.metrics}
+
+
+def load_script(path: Path, name: str):
+    """Import a benchmark script (not a package module) by its file path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -5,7 +5,6 @@ Behaviour only: no assertion on speed.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import subprocess
@@ -14,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
@@ -24,10 +23,7 @@ SCRIPT = ROOT / "benchmarks" / "overhead" / "run.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("overhead_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "overhead_run")
 
 
 def test_floor_update_equals_train_local():

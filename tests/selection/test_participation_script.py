@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 SCRIPT = ROOT / "benchmarks" / "selection" / "participation.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("selection_participation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "selection_participation")
 
 
 def _row(pid: int, selected: int, n: int, sps: float, expected: float) -> dict[str, str]:
