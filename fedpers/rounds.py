@@ -105,7 +105,8 @@ def refresh_roster(grid: Grid, roster: Roster, num_clients: int, timeout: float)
 # ``clients/rejected_<reason>`` (``clients/rejected`` is their sum).
 REJECT_REASONS: dict[str, str] = {
     "records": "missing, extra or empty records (ArrayRecord / MetricRecord)",
-    "metrics": "a bad num-examples or steps, or a metric that is not finite",
+    "metrics": "a bad num-examples (or more than the client declared at the handshake) "
+               "or steps, or a metric that is not finite",
     "codec": "an encoded update that does not decode, or arrays that cannot be read",
     "unknown": "a parameter the global model does not have",
     "shape": "a parameter of the wrong shape",
@@ -276,15 +277,24 @@ def check_update_norm(arrays: dict[str, np.ndarray], reference: dict[str, np.nda
 
 def screen_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: Codec,
                        extra_records: tuple[str, ...] = (), max_norm: float = 0.0,
-                       partition_id: int = -1, required_metrics: tuple[str, ...] = ()
-                       ) -> CheckedReply:
+                       partition_id: int = -1, required_metrics: tuple[str, ...] = (),
+                       declared_examples: int = 0) -> CheckedReply:
     """Every check of one training reply, in order; :class:`RejectedReply` with a
     ``reason`` on the first that fails. What the round loop runs on each reply.
 
     ``required_metrics``: reply metrics the strategy cannot do without (FedNova's
     ``steps``), besides ``num-examples``.
+
+    ``declared_examples``: the training-set size the client declared in its handshake
+    (0: unknown). ``num-examples`` weights the mean and Krum's choice, so a client that
+    claims more than it declared (e.g. 10^9 to dominate the average) is rejected; an
+    honest client trains on at most its training set.
     """
     arrays, metrics = check_train_reply(reply, reference, codec, extra_records)
+    n = metrics["num-examples"]
+    if declared_examples > 0 and n > declared_examples:
+        raise RejectedReply(f"num-examples {n:g} exceeds the {declared_examples} training "
+                            f"examples this client declared at the handshake", "metrics")
     missing = [k for k in required_metrics if k not in metrics]
     if missing:
         raise RejectedReply(f"missing metric(s) {', '.join(map(repr, missing))}", "metrics")

@@ -206,7 +206,8 @@ class Experiment:
             try:
                 c = screen_train_reply(reply, self.global_arrays, self.codec,
                                        self.extra_records, cfg.max_update_norm, pid,
-                                       self.required_metrics)
+                                       self.required_metrics,
+                                       self.roster.num_examples.get(pid, 0))
             except RejectedReply as exc:
                 rejected[exc.reason] += 1
                 logger.warning("round %d: update from client %d rejected (%s): %s", rnd, pid,

@@ -277,6 +277,17 @@ def test_a_strategy_that_needs_steps_rejects_replies_without_them():
     assert err.value.reason == "metrics"
 
 
+def test_num_examples_above_the_handshake_declaration_is_rejected():
+    arrays = {k: v.copy() for k, v in REF.items()}
+    honest = {"num-examples": 10, "train-loss": 0.5}
+    assert screen_train_reply(_reply(arrays, honest), REF, NONE, declared_examples=10)
+    assert screen_train_reply(_reply(arrays, honest), REF, NONE, declared_examples=0)
+    with pytest.raises(RejectedReply, match="num-examples 1e\\+09 exceeds the 10") as err:
+        screen_train_reply(_reply(arrays, {"num-examples": 10**9, "train-loss": 0.5}), REF,
+                           NONE, declared_examples=10)
+    assert err.value.reason == "metrics"
+
+
 def test_the_norm_bound_is_inclusive_and_off_at_zero():
     arrays = {**REF, "b": REF["b"] + np.float32([3, 4, 0, 0])}  # update norm exactly 5
     assert screen_train_reply(_reply(arrays), REF, NONE, max_norm=5.0)
