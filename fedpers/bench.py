@@ -368,13 +368,17 @@ def merge_config(bench: Benchmark, variant: Variant, seed: int, *, rounds: int |
 def plan_runs(bench: Benchmark, *, seeds: int | None = None, rounds: int | None = None,
               quick: bool = False, experiment: str = "", tracking_uri: str = ""
               ) -> tuple[PlannedRun, ...]:
-    """Every variant x seed of a sweep, each config validated before anything runs."""
+    """Every variant x seed of a sweep, each config validated before anything runs.
+
+    Seed-major: every variant's first seed runs before any variant's second, so a sweep
+    stopped part-way has every variant at least once.
+    """
     runs = []
     variants = bench.variants
     if quick and bench.quick_variants:
         variants = tuple(v for v in variants if v.name in bench.quick_variants)
-    for variant in variants:
-        for seed in select_seeds(bench.seeds, seeds, quick):
+    for seed in select_seeds(bench.seeds, seeds, quick):
+        for variant in variants:
             raw = merge_config(bench, variant, seed, rounds=rounds, quick=quick,
                                experiment=experiment, tracking_uri=tracking_uri)
             where = f"[variants.{variant.name}] seed {seed}"
@@ -466,6 +470,39 @@ def _finished_children(client: Any, exp_id: str, parent: str) -> dict[tuple[str,
                            run.data.tags.get(TAG_RUN_NAME, "?"))
             client.set_terminated(run.info.run_id, status="KILLED")
     return done
+
+
+def _adopt_children(client: Any, exp_id: str, bench: Benchmark, parent: str,
+                    runs: tuple[PlannedRun, ...], done: dict[tuple[str, str], str]) -> int:
+    """Move finished runs of this benchmark's *other* sweeps (e.g. the same sweep with
+    fewer seeds) under ``parent`` where their variant and config digest are planned and
+    not yet done here; add them to ``done``. Returns how many were adopted.
+
+    A run's config digest covers every run-config key (seed included), so an adopted run
+    is the run this sweep would make. The earlier sweep's parent loses the run.
+    """
+    wanted = {(r.variant, r.digest) for r in runs} - set(done)
+    if not wanted:
+        return 0
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`{TAG_BENCH}` = '{_quote(bench.name)}' and "
+                                f"attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"], max_results=10_000)
+    adopted: dict[str, int] = {}
+    for run in found:
+        tags = run.data.tags
+        key = (tags.get(TAG_VARIANT, ""), tags.get(TAG_DIGEST, ""))
+        old = tags.get(TAG_PARENT)
+        if key not in wanted or not old or old == parent:
+            continue
+        client.set_tag(run.info.run_id, TAG_PARENT, parent)
+        done[key] = run.info.run_id
+        wanted.discard(key)
+        adopted[old] = adopted.get(old, 0) + 1
+    for old, n in adopted.items():
+        logger.info("benchmark %s: reusing %d finished run(s) of the earlier sweep %s "
+                    "(moved under %s)", bench.name, n, old, parent)
+    return sum(adopted.values())
 
 
 # ------------------------------------------------------------------- progress
@@ -601,6 +638,7 @@ def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int |
     digest = sweep_hash(bench, runs, quick)
     client, exp_id, parent = _open_parent(bench, runs, digest, quick, experiment, uri)
     done = _finished_children(client, exp_id, parent)
+    _adopt_children(client, exp_id, bench, parent, runs, done)
     reused_idx = {i for i, r in enumerate(runs) if (r.variant, r.digest) in done}
     logger.info("benchmark %s: %d runs (%d variants x %d seeds), %d already finished",
                 bench.name, len(runs), len(bench.variants), len(runs) // len(bench.variants),

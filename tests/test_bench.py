@@ -101,10 +101,11 @@ def test_merge_rounds_and_quick_order(tmp_path):
 def test_plan_is_variants_times_seeds_and_validated(tmp_path):
     b = load_benchmark(write_bench(tmp_path / "tiny", TINY))
     runs = plan_runs(b, rounds=2)
-    assert [(r.variant, r.seed) for r in runs] == [("a", 7), ("a", 8), ("a", 9),
-                                                   ("b", 7), ("b", 8), ("b", 9)]
+    # seed-major: a sweep stopped part-way has every variant at least once
+    assert [(r.variant, r.seed) for r in runs] == [("a", 7), ("b", 7), ("a", 8),
+                                                   ("b", 8), ("a", 9), ("b", 9)]
     assert all(r.cfg.num_server_rounds == 2 for r in runs)
-    assert runs[4].cfg.lr == 0.2 and runs[4].cfg.local_epochs == 2 and runs[4].cfg.seed == 8
+    assert runs[3].cfg.lr == 0.2 and runs[3].cfg.local_epochs == 2 and runs[3].cfg.seed == 8
     assert len({r.digest for r in runs}) == 6
     assert runs[0].run_name == "a/seed=7"
 
@@ -287,6 +288,9 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_children(tmp_pa
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     cmd = [sys.executable, "-m", "fedpers.cli", "bench", str(folder), "--seeds", "1",
            "--tracking-uri", uri, "--no-progress"]
+    # create the store first: this test's polling and the sweep would otherwise both run
+    # MLflow's schema migrations on the new sqlite file ("table ... already exists")
+    MlflowClient(tracking_uri=uri).search_experiments()
     log = tmp_path / "sweep.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
@@ -348,7 +352,42 @@ def test_quick_variants_limit_quick_sweeps_only(tmp_path):
     (folder / "benchmark.toml").write_text(body)
     bench = load_benchmark(folder)
     assert [r.variant for r in plan_runs(bench, quick=True)] == ["b"]
-    assert [r.variant for r in plan_runs(bench)] == ["a", "a", "b", "b", "c", "c"]
+    assert [r.variant for r in plan_runs(bench)] == ["a", "b", "c", "a", "b", "c"]
     (folder / "benchmark.toml").write_text(body.replace('["b"]', '["zz"]'))
     with pytest.raises(BenchmarkError, match="unknown variant.*'zz'"):
         load_benchmark(folder)
+
+
+def test_a_sweep_with_more_seeds_adopts_the_finished_runs_of_a_smaller_one(tmp_path,
+                                                                          monkeypatch):
+    """--seeds 1 then --seeds 2: the second sweep runs only seed 1, seed-major."""
+    folder = write_bench(tmp_path / "smoke", SMOKE)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    calls: list[tuple[str, int]] = []
+
+    def fake_child(run, bench_, parent, client, progress, verbose):
+        from fedpers.tracking import Tracker
+        tags = {TAG_PARENT: parent, bench.TAG_BENCH: bench_.name, TAG_VARIANT: run.variant,
+                bench.TAG_SEED: str(run.seed), TAG_DIGEST: run.digest}
+        tracker = Tracker.start(run.cfg.tracking_uri, run.cfg.experiment,
+                                run_name=run.run_name, tags=tags)
+        tracker.finish("FINISHED")
+        calls.append((run.variant, run.seed))
+        return tracker.run_id
+
+    monkeypatch.setattr(bench, "_run_child", fake_child)
+    first = bench.run_benchmark(folder, seeds=1, tracking_uri=uri, progress=False)
+    assert calls == [("lr-a", 0), ("lr-b", 0)]
+    calls.clear()
+    second = bench.run_benchmark(folder, seeds=2, tracking_uri=uri, progress=False)
+    assert second.parent_run_id != first.parent_run_id
+    assert calls == [("lr-a", 1), ("lr-b", 1)]  # seed 0 is not run again
+    assert set(second.reused) == set(first.ran)
+    moved = _children(uri, second.parent_run_id)
+    assert {(c.data.tags[TAG_VARIANT], c.data.tags[bench.TAG_SEED]) for c in moved} == \
+        {("lr-a", "0"), ("lr-b", "0"), ("lr-a", "1"), ("lr-b", "1")}
+    assert _children(uri, first.parent_run_id) == []  # moved, not copied
+    # a sweep of a changed config adopts nothing
+    calls.clear()
+    bench.run_benchmark(folder, seeds=1, rounds=1, tracking_uri=uri, progress=False)
+    assert calls == [("lr-a", 0), ("lr-b", 0)]
