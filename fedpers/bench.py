@@ -564,7 +564,7 @@ class _Progress:
 
 # ------------------------------------------------------------------------ run
 def _run_child(run: PlannedRun, bench: Benchmark, parent: str, client: Any,
-               progress: _Progress, verbose: bool) -> str:
+               progress: _Progress, verbose: bool, resources: Any = None) -> str:
     from fedpers.simulation import run_simulation
     from fedpers.tracking import Tracker
 
@@ -576,7 +576,8 @@ def _run_child(run: PlannedRun, bench: Benchmark, parent: str, client: Any,
     logger.info("running %s (child run %s)", run.run_name, tracker.run_id)
     cfg = run.cfg.replace(**{"mlflow-run-id": tracker.run_id})
     with _watch_rounds(client, tracker.run_id, progress.at_round):
-        return run_simulation(cfg, run_name=run.run_name, verbose=verbose)
+        return run_simulation(cfg, run_name=run.run_name, verbose=verbose,
+                              resources=resources)
 
 
 @contextmanager
@@ -600,7 +601,8 @@ def _redirect_logging(enabled: bool) -> Iterator[None]:
 
 def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int | None = None,
                   quick: bool = False, experiment: str = "", tracking_uri: str = "",
-                  progress: bool = True, verbose: bool = False) -> SweepResult:
+                  progress: bool = True, verbose: bool = False,
+                  resources: Any = None) -> SweepResult:
     """Run (or resume) every variant x seed of a benchmark as MLflow child runs.
 
     Parameters
@@ -622,6 +624,9 @@ def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int |
         Show a progress bar with the estimated time left.
     verbose
         Flower's verbose logging.
+    resources
+        Where the clients run (:class:`fedpers.simulation.Resources`; default: a local
+        Ray with every CPU, one per client). Not part of a run's identity.
 
     Returns
     -------
@@ -652,7 +657,8 @@ def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int |
                 if i in reused_idx:
                     continue
                 try:
-                    ran.append(_run_child(run, bench, parent, client, bar, verbose))
+                    ran.append(_run_child(run, bench, parent, client, bar, verbose,
+                                          resources))
                 except Exception:  # noqa: BLE001 - one failed run must not stop the sweep
                     logger.exception("run %s failed; the sweep goes on", run.run_name)
                     failed.append(run.run_name)

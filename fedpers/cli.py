@@ -86,6 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedpers.simulation import run_simulation
     from fedpers.tracking import TrackingError, resolve_tracking_uri
 
+    try:
+        resources = _resources(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.resume:
         if args.config or args.set or args.experiment:
             print("error: --resume continues a run with its own config; drop --config, "
@@ -103,7 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info("running %s: %s", cfg.task, " ".join(f"{k}={v}" for k, v in
                                                         cfg.to_dict().items()))
     try:
-        run_id = run_simulation(cfg, run_name=args.run_name or "", verbose=args.verbose)
+        run_id = run_simulation(cfg, run_name=args.run_name or "", verbose=args.verbose,
+                                resources=resources)
     except (TrackingError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -133,9 +139,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from fedpers.bench import run_benchmark
 
+    try:
+        resources = _resources(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     res = run_benchmark(args.folder, seeds=args.seeds, rounds=args.rounds, quick=args.quick,
                         experiment=args.experiment or "", tracking_uri=args.tracking_uri or "",
-                        progress=not args.no_progress, verbose=args.verbose)
+                        progress=not args.no_progress, verbose=args.verbose,
+                        resources=resources)
     print(f"benchmark parent run: {res.parent_run_id} (experiment {res.experiment!r}): "
           f"{len(res.ran)} ran, {len(res.reused)} reused, {len(res.failed)} failed")
     for name in res.failed:
@@ -189,6 +201,27 @@ def cmd_sync_tracking(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_resource_args(parser: argparse.ArgumentParser) -> None:
+    """Where the simulated clients run (fedpers.simulation.Resources); never the results."""
+    g = parser.add_argument_group("resources (where clients run; results do not change)")
+    g.add_argument("--num-cpus", type=int,
+                   help="CPUs of the local Ray (default: all of this machine's)")
+    g.add_argument("--client-cpus", type=float, default=1.0,
+                   help="CPUs (torch threads) per simulated client (default 1)")
+    g.add_argument("--client-gpus", type=float,
+                   help="share of one GPU per client, e.g. 0.25 (default: 1/k with CUDA)")
+    g.add_argument("--ray-address",
+                   help="join this Ray cluster ('auto', 'HOST:6379') instead of a local Ray")
+
+
+def _resources(args: argparse.Namespace):
+    """The Resources of the parsed arguments; ValueError names the bad option."""
+    from fedpers.simulation import Resources
+
+    return Resources(num_cpus=args.num_cpus, client_cpus=args.client_cpus,
+                     client_gpus=args.client_gpus, ray_address=args.ray_address or "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedpers", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue this MLflow run from its last checkpoint "
                           "(checkpoint-every > 0), in the same run")
     run.add_argument("-v", "--verbose", action="store_true")
+    _add_resource_args(run)
     run.set_defaults(fn=cmd_run)
 
     det = sub.add_parser("detect", help="score rows with an anomaly detector from a run")
@@ -223,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("-v", "--verbose", action="store_true")
+    _add_resource_args(bench)
     bench.set_defaults(fn=cmd_bench)
 
     rep = sub.add_parser("report", help="tables and plots of a benchmark sweep from MLflow")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedpers.config import RunConfig
@@ -46,22 +47,78 @@ def _write_app_dir(cfg: RunConfig, folder: Path) -> None:
     (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
 
 
+@dataclass(frozen=True)
+class Resources:
+    """Where the simulated clients run; none of it changes a run's results.
+
+    ``ray_address``: an existing Ray cluster to join (``"auto"``, ``"HOST:6379"``;
+    ``RAY_ADDRESS`` in the environment does the same); empty: start a local Ray with
+    ``num_cpus`` CPUs (default: all of this machine's). ``client_cpus``: CPUs per
+    simulated client, i.e. per Ray actor; Ray sets the actor's ``OMP_NUM_THREADS`` to
+    it and torch follows, so 1 gives one torch thread per client. ``client_gpus``: the
+    share of a GPU per client (0.25: four clients share one GPU); ``None``: ``1 / k``
+    with ``k = min(num-clients, CPUs)`` when CUDA is available and ``device`` is not
+    ``cpu``, else 0.
+    """
+
+    num_cpus: int | None = None
+    client_cpus: float = 1.0
+    client_gpus: float | None = None
+    ray_address: str = ""
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"num-cpus must be >= 1, got {self.num_cpus}")
+        if not self.client_cpus > 0:
+            raise ValueError(f"client-cpus must be > 0, got {self.client_cpus}")
+        if self.client_gpus is not None and not 0 <= self.client_gpus <= 1:
+            raise ValueError(f"client-gpus must be in [0, 1] (a share of one GPU), "
+                             f"got {self.client_gpus}")
+        if self.ray_address and self.num_cpus is not None:
+            raise ValueError("num-cpus is for a local Ray; a Ray cluster at ray-address "
+                             "reports its own CPUs")
+
+
 def backend_config(num_cpus: int | None = None, client_cpus: float = 1.0,
-                   client_gpus: float = 0.0) -> dict:
-    """Ray backend settings: one CPU (one torch thread) per simulated client."""
-    cpus = num_cpus or os.cpu_count() or 1
-    return {
-        "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
-        "init_args": {"num_cpus": cpus, "num_gpus": 0 if client_gpus == 0 else None,
-                      "include_dashboard": False, "logging_level": "ERROR",
-                      "log_to_driver": True},
-    }
+                   client_gpus: float = 0.0, ray_address: str = "") -> dict:
+    """Ray backend settings: ``client_cpus`` CPUs (torch threads) per simulated client.
+
+    With a cluster address (argument or ``RAY_ADDRESS``) Ray joins the cluster, whose
+    nodes declare their own CPUs and GPUs (Ray refuses ``num_cpus`` then).
+    """
+    init: dict = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": True}
+    address = ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        init["address"] = address
+    else:
+        init["num_cpus"] = num_cpus or os.cpu_count() or 1
+        init["num_gpus"] = 0 if client_gpus == 0 else None
+    return {"client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+            "init_args": init}
+
+
+def client_gpu_share(cfg: RunConfig, resources: Resources) -> float:
+    """The GPU share per client (:class:`Resources`)."""
+    if resources.client_gpus is not None:
+        return resources.client_gpus
+    if cfg.device == "cpu":
+        return 0.0
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return 0.0
+    if not torch.cuda.is_available():
+        return 0.0
+    return 1.0 / max(1, min(cfg.num_clients, resources.num_cpus or os.cpu_count() or 1))
 
 
 def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] | None = None,
                    client_app=None, server_app=None, num_cpus: int | None = None,
-                   verbose: bool = False) -> str:
+                   verbose: bool = False, resources: Resources | None = None) -> str:
     """Run one experiment in-process on the Simulation Engine; return the MLflow run id.
+
+    ``resources`` (:class:`Resources`) places the clients (``num_cpus`` is a shortcut
+    for ``Resources(num_cpus=...)``).
 
     The MLflow run is created (or, with ``mlflow-run-id``, reused) before anything
     starts, so an unreachable store fails fast.
@@ -84,14 +141,8 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     else:
         tracker = Tracker.start(uri, cfg.experiment, run_name=run_name, tags=tags)
     cfg = cfg.replace(**{"tracking-uri": uri, "mlflow-run-id": tracker.run_id})
-    gpus = 0.0
-    try:
-        import torch
-
-        if cfg.device != "cpu" and torch.cuda.is_available():
-            gpus = 1.0 / max(1, min(cfg.num_clients, os.cpu_count() or 1))
-    except ImportError:  # pragma: no cover
-        pass
+    res = resources or Resources(num_cpus=num_cpus)
+    gpus = client_gpu_share(cfg, res)
     with tempfile.TemporaryDirectory(prefix="fedpers-app-") as tmp:
         _write_app_dir(cfg, Path(tmp))
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
@@ -102,7 +153,8 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
                 exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                 client_app=client_app or default_client_app,
                 server_app=server_app or default_server_app,
-                backend_config=backend_config(num_cpus, client_gpus=gpus),
+                backend_config=backend_config(res.num_cpus, res.client_cpus, gpus,
+                                              res.ray_address),
                 server_app_context=context,
                 app_dir=tmp,
                 is_app=True,

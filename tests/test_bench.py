@@ -365,7 +365,7 @@ def test_a_sweep_with_more_seeds_adopts_the_finished_runs_of_a_smaller_one(tmp_p
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     calls: list[tuple[str, int]] = []
 
-    def fake_child(run, bench_, parent, client, progress, verbose):
+    def fake_child(run, bench_, parent, client, progress, verbose, resources=None):
         from fedpers.tracking import Tracker
         tags = {TAG_PARENT: parent, bench.TAG_BENCH: bench_.name, TAG_VARIANT: run.variant,
                 bench.TAG_SEED: str(run.seed), TAG_DIGEST: run.digest}
