@@ -46,6 +46,12 @@ def _write_app_dir(cfg: RunConfig, folder: Path) -> None:
     (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
 
 
+def num_supernodes(cfg: RunConfig) -> int:
+    """One simulated SuperNode per client, or ``virtual-nodes`` that serve them in turn
+    (``fedpers.virtual``)."""
+    return cfg.virtual_nodes or cfg.num_clients
+
+
 def backend_config(num_cpus: int | None = None, client_cpus: float = 1.0,
                    client_gpus: float = 0.0) -> dict:
     """Ray backend settings: one CPU (one torch thread) per simulated client."""
@@ -89,7 +95,7 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
         import torch
 
         if cfg.device != "cpu" and torch.cuda.is_available():
-            gpus = 1.0 / max(1, min(cfg.num_clients, os.cpu_count() or 1))
+            gpus = 1.0 / max(1, min(num_supernodes(cfg), os.cpu_count() or 1))
     except ImportError:  # pragma: no cover
         pass
     with tempfile.TemporaryDirectory(prefix="fedpers-app-") as tmp:
@@ -98,7 +104,7 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
                           run_config=cfg.to_dict())
         try:
             _run_simulation(
-                num_supernodes=cfg.num_clients,
+                num_supernodes=num_supernodes(cfg),
                 exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                 client_app=client_app or default_client_app,
                 server_app=server_app or default_server_app,
