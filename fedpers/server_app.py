@@ -372,7 +372,7 @@ class Experiment:
             {p: c.num_train for p, c in enumerate(self.fed.clients)})
         self.roster.partition_of.update(partition_of)
         self.roster.num_examples.update(num_examples)
-        logger.info("virtual clients: %d SuperNodes serve %d clients", len(nodes),
+        logger.info("virtual clients: %d SuperNode(s) serve %d clients", len(nodes),
                     len(partition_of))
         return nodes
 
