@@ -89,8 +89,7 @@ def virtual_client_mod(msg: Message, context: Context, call_next: Any) -> Messag
     if not msg.has_content() or RECORD not in msg.content.config_records:
         return call_next(msg, context)
     spec = msg.content.config_records[RECORD]
-    content = msg.content
-    msg.content = RecordDict({k: v for k, v in content.items() if k != RECORD})
+    msg.content = RecordDict({k: v for k, v in msg.content.items() if k != RECORD})
     pid = int(spec[PARTITION])
     context.node_config[PARTITION] = pid
     context.node_config[NUM_PARTITIONS] = int(spec[NUM_PARTITIONS])
