@@ -23,6 +23,10 @@ Message contract (what the ServerApp sends and expects back):
   writes its Context state to its own disk, loads it back, or deletes it, and replies
   ``ConfigRecord`` "state" with ``partition-id`` (and ``sha256``, ``bytes`` of what it
   saved).
+
+With ``virtual-nodes`` (simulation) a message may also carry ``ConfigRecord``
+"virtual-client" (``fedpers.virtual``): the outermost mod takes it off and makes the
+node that client for the call, so the handlers above never see it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.devices import reported_profile
 from fedpers.privacy import clip_update
 from fedpers.training import anomaly_scores, derive_seed, evaluate, resolve_device
+from fedpers.virtual import virtual_client_mod
 from strategies import STRATEGIES
 
 logger = logging.getLogger(__name__)
@@ -230,8 +235,13 @@ def drop_state(msg: Message, context: Context) -> Message:
 
 
 def build_client_app(mods: list | None = None) -> ClientApp:
-    """The ClientApp, optionally with extra Flower mods (e.g. fault injection in tests)."""
-    client_app = ClientApp(mods=mods or [])
+    """The ClientApp, optionally with extra Flower mods (e.g. fault injection in tests).
+
+    The outermost mod is ``fedpers.virtual.virtual_client_mod``: with ``virtual-nodes``
+    it makes this node the client the message names, with that client's state, before
+    any other mod runs (and passes every other message through untouched).
+    """
+    client_app = ClientApp(mods=[virtual_client_mod, *(mods or [])])
     client_app.train()(train)
     client_app.evaluate()(evaluate_local)
     client_app.query()(query)

@@ -77,19 +77,27 @@ def deserialize(blob: bytes) -> RecordDict:
     return recorddict_from_proto(ProtoRecordDict.FromString(blob))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
+
+    ``durable``: also fsync the file and the rename, so that both survive a power cut
+    (checkpoints); without it a killed process still leaves a whole file (virtual
+    clients' state between calls, ``fedpers.virtual``, which dies with the run anyway).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a power cut
@@ -104,7 +112,7 @@ def save(state: RecordDict, folder: Path, server_round: int,
     Returns (SHA-256 hex digest, size in bytes) of what was written.
     """
     blob = serialize(state)
-    _atomic_write(_round_file(folder, server_round), blob)
+    atomic_write(_round_file(folder, server_round), blob)
     keep_names = {_round_file(folder, r).name for r in (*keep, server_round)}
     for old in folder.glob(f"round-*{SUFFIX}"):
         if old.name not in keep_names:
@@ -147,5 +155,6 @@ def drop(root: Path, key: str, partition_id: int) -> None:
         pass
 
 
-__all__ = ["ClientStateError", "DROP", "LOAD", "SAVE", "STATE_DIR_KEY", "deserialize", "drop",
+__all__ = ["ClientStateError", "DROP", "LOAD", "SAVE", "STATE_DIR_KEY", "atomic_write",
+           "deserialize", "drop",
            "load", "replace_state", "save", "serialize", "state_folder", "state_root"]

@@ -154,7 +154,8 @@ class UploadStats:
             return {}
         out = {"comm/compression_ratio": self.raw / self.sent}
         if self.distortions:
-            out["comm/update_distortion"] = float(np.mean(self.distortions))
+            # sorted: the same value whatever order the replies arrived in
+            out["comm/update_distortion"] = float(np.mean(sorted(self.distortions)))
         elif not self.lossy:
             out["comm/update_distortion"] = 0.0
         return out

@@ -233,6 +233,11 @@ class RunConfig:
                                           "m clients per round")
     dp_delta: float = _key("dp-delta", 1e-5, _open_fraction,
                            doc="dp: delta at which privacy/epsilon is logged")
+    # issue 9: many clients in simulation
+    virtual_nodes: int = _key("virtual-nodes", 0, _non_negative,
+                              doc="simulation: run this many SuperNodes that serve the "
+                                  "round's selected clients in turn, each client's state on "
+                                  "disk between calls (0 = one SuperNode per client)")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -244,8 +249,9 @@ class RunConfig:
         return parse_run_config({**self.to_dict(), **overrides})
 
     def digest(self, exclude: tuple[str, ...] = ("tracking-uri", "experiment",
-                                                 "mlflow-run-id")) -> str:
-        """A stable hash of the settings that change results."""
+                                                 "mlflow-run-id", "virtual-nodes")) -> str:
+        """A stable hash of the settings that change results (``virtual-nodes`` changes
+        how a simulation is run, not its results)."""
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -379,6 +385,39 @@ def _check_combination(cfg: RunConfig) -> None:
         raise ConfigError("run-config key 'error-feedback' = true needs a lossy codec; "
                           "'codec' is 'none', which sends everything")
     _check_devices(cfg)
+    _check_virtual_nodes(cfg)
+
+
+def clients_per_round(cfg: RunConfig) -> tuple[int, int]:
+    """(clients asked to train, clients asked to evaluate) in a round, rounded as the
+    server rounds them (``fedpers.server_app``; evaluation draws from all clients)."""
+    return (max(1, int(round(cfg.fraction_train * cfg.num_clients))),
+            max(1, int(round(cfg.fraction_evaluate * cfg.num_clients))))
+
+
+def _check_virtual_nodes(cfg: RunConfig) -> None:
+    """``virtual-nodes``: enough SuperNodes for the largest call, no more than clients.
+
+    Each message of one call goes to its own SuperNode (two nodes must never serve one
+    client's state at once), so a round needs as many nodes as it asks clients.
+    """
+    if cfg.virtual_nodes == 0:
+        return
+    if cfg.virtual_nodes > cfg.num_clients:
+        raise ConfigError(f"run-config key 'virtual-nodes' = {cfg.virtual_nodes} exceeds "
+                          f"'num-clients' = {cfg.num_clients}; use at most one SuperNode per "
+                          f"client (or 0 for exactly one each)")
+    train, evaluate = clients_per_round(cfg)
+    if cfg.virtual_nodes < max(train, evaluate):
+        raise ConfigError(f"run-config key 'virtual-nodes' = {cfg.virtual_nodes} is fewer "
+                          f"than the clients of one round: {train} train (fraction-train "
+                          f"{cfg.fraction_train:g} x num-clients {cfg.num_clients}) and "
+                          f"{evaluate} evaluate (fraction-evaluate {cfg.fraction_evaluate:g}); "
+                          f"set virtual-nodes >= {max(train, evaluate)}")
+    if cfg.checkpoint_every:
+        raise ConfigError(f"run-config key 'virtual-nodes' = {cfg.virtual_nodes} does not "
+                          f"support checkpoint and resume; set checkpoint-every = 0 (it is "
+                          f"{cfg.checkpoint_every}) or virtual-nodes = 0")
 
 
 def _check_devices(cfg: RunConfig) -> None:
@@ -442,6 +481,7 @@ def describe_keys() -> list[tuple[str, Any, str]]:
 __all__ = [
     "ConfigError",
     "RunConfig",
+    "clients_per_round",
     "config_keys",
     "describe_keys",
     "load_config_file",

@@ -46,7 +46,7 @@ from fedpers.checkpoint import (
 from fedpers.codecs import build_codec
 from fedpers.comm import ByteCounter, content_bytes, messages_bytes
 from fedpers.compression import UploadStats, encode_broadcast
-from fedpers.config import RunConfig, parse_run_config
+from fedpers.config import ConfigError, RunConfig, clients_per_round, parse_run_config
 from fedpers.data import TASKS, DataSpec, FederatedData, load_federated
 from fedpers.participation import Participation
 from fedpers.privacy import build_privacy
@@ -70,6 +70,7 @@ from fedpers.rounds import (
 from fedpers.selection import ClientRecord, build_selector
 from fedpers.tracking import Tracker
 from fedpers.training import derive_seed, evaluate, resolve_device
+from fedpers.virtual import VirtualGrid, remove_states, virtual_roster_entries
 from strategies import STRATEGIES
 
 logger = logging.getLogger("fedpers")
@@ -173,7 +174,7 @@ class Experiment:
         refresh_roster(self.grid, self.roster, cfg.num_clients, self.handshake_timeout)
         part = self.participation
         available = part.candidates(rnd, self.roster.partitions())  # online ones
-        num = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
+        num = clients_per_round(cfg)[0]
         rng = np.random.default_rng(derive_seed(cfg.seed, SEED_SELECT, rnd))
         chosen = self.selector.select(rnd, available, num, rng, part.stats)
         out.metrics["fairness/jain_selection"] = part.note_selected(rnd, chosen)
@@ -312,8 +313,11 @@ class Experiment:
     def run(self) -> None:
         cfg = self.cfg
         _ensure_logging()
-        nodes = wait_for_nodes(self.grid, cfg.num_clients, self.handshake_timeout)
-        refresh_roster(self.grid, self.roster, cfg.num_clients, self.handshake_timeout)
+        if isinstance(self.grid, VirtualGrid):  # issue 9: no handshake, see _virtual_roster
+            nodes = self._virtual_roster()
+        else:
+            nodes = wait_for_nodes(self.grid, cfg.num_clients, self.handshake_timeout)
+            refresh_roster(self.grid, self.roster, cfg.num_clients, self.handshake_timeout)
         if not self.roster.partition_of:
             raise RuntimeError(f"no client answered the handshake ({len(nodes)} nodes "
                                f"connected); nothing to train")
@@ -358,6 +362,20 @@ class Experiment:
         if self.aggregated == 0:
             raise RuntimeError(f"no round aggregated any client update ({cfg.num_server_rounds} "
                                f"rounds); every round's metrics are logged, the run is FAILED")
+
+    def _virtual_roster(self) -> list[int]:
+        """``virtual-nodes``: every client is in the roster from the start, with the
+        size of its training set from the data this (simulation) process loaded: what
+        the handshake would have learnt, without a message to each of them. Waits for
+        the real SuperNodes; returns their ids."""
+        nodes = wait_for_nodes(self.grid.inner, self.cfg.virtual_nodes, self.handshake_timeout)
+        partition_of, num_examples = virtual_roster_entries(
+            {p: c.num_train for p, c in enumerate(self.fed.clients)})
+        self.roster.partition_of.update(partition_of)
+        self.roster.num_examples.update(num_examples)
+        logger.info("virtual clients: %d SuperNode(s) serve %d clients", len(nodes),
+                    len(partition_of))
+        return nodes
 
     # ------------------------------------------------------------ checkpoints
     def _client_states(self, action: str, partitions: list[int],
@@ -574,8 +592,26 @@ def main(grid: Grid, context: Context) -> None:
         if resume is None:
             tracker.log_params(cfg.to_dict())
             tracker.set_tags({"fedpers.config_digest": cfg.digest()})
-        Experiment(cfg, grid, tracker, resume=resume).run()
+        Experiment(cfg, virtual_grid(cfg, grid, tracker.run_id), tracker, resume=resume).run()
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        if cfg.virtual_nodes:  # simulation: the clients' disk is this machine's
+            remove_states(client_state.state_root({}, cfg.client_state_dir), tracker.run_id)
     tracker.finish("FINISHED")
+
+
+def virtual_grid(cfg: RunConfig, grid: Grid, run_id: str) -> Grid | VirtualGrid:
+    """The grid the round loop uses: with ``virtual-nodes``, a :class:`VirtualGrid`
+    (``fedpers.virtual``) over the Simulation Engine's few SuperNodes."""
+    if not cfg.virtual_nodes:
+        return grid
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    if not isinstance(grid, InMemoryGrid):
+        raise ConfigError(f"run-config key 'virtual-nodes' = {cfg.virtual_nodes} works on "
+                          f"the Simulation Engine only (this ServerApp runs on a "
+                          f"{type(grid).__name__}); in deployment each SuperNode is one "
+                          f"client: set virtual-nodes = 0")
+    return VirtualGrid(grid, cfg.num_clients, run_id)

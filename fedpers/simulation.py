@@ -47,6 +47,12 @@ def _write_app_dir(cfg: RunConfig, folder: Path) -> None:
     (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
 
 
+def num_supernodes(cfg: RunConfig) -> int:
+    """One simulated SuperNode per client, or ``virtual-nodes`` that serve them in turn
+    (``fedpers.virtual``)."""
+    return cfg.virtual_nodes or cfg.num_clients
+
+
 @dataclass(frozen=True)
 class Resources:
     """Where the simulated clients run; none of it changes a run's results.
@@ -57,7 +63,7 @@ class Resources:
     simulated client, i.e. per Ray actor; Ray sets the actor's ``OMP_NUM_THREADS`` to
     it and torch follows, so 1 gives one torch thread per client. ``client_gpus``: the
     share of a GPU per client (0.25: four clients share one GPU); ``None``: ``1 / k``
-    with ``k = min(num-clients, CPUs)`` when CUDA is available and ``device`` is not
+    with ``k = min(SuperNodes, CPUs)`` when CUDA is available and ``device`` is not
     ``cpu``, else 0.
     """
 
@@ -109,7 +115,7 @@ def client_gpu_share(cfg: RunConfig, resources: Resources) -> float:
         return 0.0
     if not torch.cuda.is_available():
         return 0.0
-    return 1.0 / max(1, min(cfg.num_clients, resources.num_cpus or os.cpu_count() or 1))
+    return 1.0 / max(1, min(num_supernodes(cfg), resources.num_cpus or os.cpu_count() or 1))
 
 
 def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] | None = None,
@@ -149,7 +155,7 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
                           run_config=cfg.to_dict())
         try:
             _run_simulation(
-                num_supernodes=cfg.num_clients,
+                num_supernodes=num_supernodes(cfg),
                 exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                 client_app=client_app or default_client_app,
                 server_app=server_app or default_server_app,

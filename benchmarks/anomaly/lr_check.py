@@ -69,7 +69,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(args.seed)
         started = time.perf_counter()
         total = count = 0.0
-        for epoch in range(args.epochs):
+        for _ in range(args.epochs):
             perm = torch.randperm(len(x), generator=gen)
             total = count = 0.0
             for i in range(0, len(x), args.batch_size):
