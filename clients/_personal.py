@@ -79,15 +79,16 @@ def personal_budget(lc: LocalContext, epochs: int) -> int | None:
 
 
 def personal_sgd(model: nn.Module, lc: LocalContext, epochs: int, tag: int,
-                 grad_hook: GradHook | None = None) -> TrainResult:
+                 grad_hook: GradHook | None = None, lr: float = 0.0) -> TrainResult:
     """An extra pass of plain local SGD (fine-tuning, a private head, a personal model).
 
-    Same ``lr``, ``momentum`` and ``batch-size`` as the local update; batches drawn
-    from a seed derived from the round's seed and ``tag``.
+    Same ``momentum`` and ``batch-size`` as the local update, and its ``lr`` unless
+    ``lr`` > 0 is given; batches drawn from a seed derived from the round's seed and
+    ``tag``.
     """
     cfg = lc.cfg
     return train_local(model, lc.data.x_train, lc.data.y_train, kind=lc.kind, epochs=epochs,
-                       batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                       batch_size=cfg.batch_size, lr=lr or cfg.lr, momentum=cfg.momentum,
                        seed=derive_seed(lc.seed, tag), device=lc.device, grad_hook=grad_hook,
                        max_steps=personal_budget(lc, epochs))
 

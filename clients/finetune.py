@@ -4,7 +4,8 @@ arXiv 1910.10252).
 
 Training is FedAvg's (every parameter shared, nothing kept). Before each evaluation
 the client fine-tunes a copy of the global model it was sent for ``finetune-epochs``
-epochs of local SGD on its own training data and evaluates that copy; the copy is
+epochs of local SGD (at ``finetune-lr``, else ``lr``) on its own training data and
+evaluates that copy; the copy is
 thrown away, so nothing is stored between rounds. For anomaly tasks this fine-tunes
 the autoencoder on the device's normal data, and the device's threshold is then
 calibrated on the fine-tuned model.
@@ -31,5 +32,5 @@ class FineTune(NoPersonalization):
 
     def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
         tuned = copy.deepcopy(model)
-        personal_sgd(tuned, lc, lc.cfg.finetune_epochs, SEED_FINETUNE)
+        personal_sgd(tuned, lc, lc.cfg.finetune_epochs, SEED_FINETUNE, lr=lc.cfg.finetune_lr)
         return tuned

@@ -89,8 +89,13 @@ def _int_list(v: Any) -> str | None:
 
 
 def _key(name: str, default: Any, check: Callable[[Any], str | None] | None = None,
-         doc: str = "") -> Any:
-    return field(default=default, metadata={"key": name, "check": check, "doc": doc})
+         doc: str = "", hashed_when_set: bool = False) -> Any:
+    """A run-config key. ``hashed_when_set``: a key added after runs were recorded,
+    whose default keeps the old behaviour; it enters :meth:`RunConfig.digest` only when
+    set to another value, so adding it keeps every recorded run's digest (benchmark
+    sweeps reuse finished runs by digest)."""
+    return field(default=default, metadata={"key": name, "check": check, "doc": doc,
+                                            "hashed_when_set": hashed_when_set})
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,10 @@ class RunConfig:
     finetune_epochs: int = _key("finetune-epochs", 1, _positive,
                                 doc="finetune: local epochs on a copy of the global model "
                                     "before each evaluation")
+    finetune_lr: float = _key("finetune-lr", 0.0, _non_negative,
+                              doc="finetune: learning rate of that fine-tuning (0 = lr); "
+                                  "about lr / 10 is better (see benchmarks/personalization)",
+                              hashed_when_set=True)
     fedrep_head_epochs: int = _key("fedrep-head-epochs", 5, _positive,
                                    doc="fedrep: epochs on the private head (body frozen) "
                                        "before the body's local-epochs")
@@ -251,8 +260,11 @@ class RunConfig:
     def digest(self, exclude: tuple[str, ...] = ("tracking-uri", "experiment",
                                                  "mlflow-run-id", "virtual-nodes")) -> str:
         """A stable hash of the settings that change results (``virtual-nodes`` changes
-        how a simulation is run, not its results)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        how a simulation is run, not its results). Keys declared ``hashed_when_set``
+        count only when they differ from their default."""
+        quiet = {f.metadata["key"] for f in fields(self)
+                 if f.metadata.get("hashed_when_set") and getattr(self, f.name) == f.default}
+        d = {k: v for k, v in self.to_dict().items() if k not in exclude and k not in quiet}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

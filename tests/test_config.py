@@ -101,3 +101,18 @@ def test_replace_validates_and_digest_tracks_results_keys():
         cfg.replace(**{"num-clients": -1})
     assert cfg.digest() == cfg.replace(**{"experiment": "other"}).digest()
     assert cfg.digest() != cfg.replace(**{"seed": 1}).digest()
+
+
+def test_a_key_hashed_when_set_keeps_old_digests_at_its_default():
+    """finetune-lr came after recorded sweeps: at its default (0 = lr) it is not in the
+    digest, so those runs keep theirs; set, it is."""
+    import hashlib
+    import json
+
+    cfg = parse_run_config({"task": "digits"})
+    legacy = {k: v for k, v in cfg.to_dict().items()
+              if k not in ("tracking-uri", "experiment", "mlflow-run-id", "virtual-nodes",
+                           "finetune-lr")}
+    assert cfg.digest() == hashlib.sha256(
+        json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.replace(**{"finetune-lr": 0.005}).digest() != cfg.digest()

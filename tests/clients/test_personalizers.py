@@ -208,6 +208,12 @@ def test_finetune_evaluates_a_tuned_copy():
     assert dict(lc.state.array_records) == {}
 
 
+def test_finetune_lr_replaces_the_training_lr_for_fine_tuning_only():
+    lc = local_context(x=X1, **ONE_STEP, **{"finetune-epochs": 2, "finetune-lr": 0.05})
+    tuned = PERSONALIZERS["finetune"].eval_model(one_weight(0.0), lc)
+    assert weight(tuned) == pytest.approx(0.19)  # 0 -> 0.1 -> 0.1 + 0.05 * 1.8
+
+
 def test_stragglers_do_a_share_of_the_extra_passes_too():
     from clients._personal import personal_budget
 
