@@ -10,7 +10,7 @@ method and carries no model information.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from flwr.app import Message, RecordDict
@@ -34,6 +34,37 @@ def messages_bytes(messages: Iterable[Message]) -> int:
             cache[key] = content_bytes(msg.content)
         total += cache[key]
     return total
+
+
+class ReplySizes:
+    """:func:`content_bytes` of each reply, computed once however often it is asked.
+
+    Sizing a reply deflates and hashes its whole payload, and a training reply is sized
+    by the byte counter, the compression ratio and the simulated clock: on the server's
+    one thread, while the clients wait for the next round. Use one instance per call of
+    received replies, which nobody changes (``fedpers.rounds.clean_reply`` gives a reply
+    a new content); the instance keeps each sized content alive, so its ``id`` cannot be
+    reused while it is cached.
+    """
+
+    def __init__(self) -> None:
+        self._sizes: dict[int, tuple[RecordDict, int]] = {}
+
+    def __call__(self, content: RecordDict) -> int:
+        hit = self._sizes.get(id(content))
+        if hit is not None and hit[0] is content:
+            return hit[1]
+        size = content_bytes(content)
+        self._sizes[id(content)] = (content, size)
+        return size
+
+    def total(self, messages: Iterable[Message]) -> int:
+        """Like :func:`messages_bytes` (one message after another, each counted)."""
+        return sum(self(m.content) for m in messages if m.has_content())
+
+
+#: what sizes a content: :func:`content_bytes` or a :class:`ReplySizes`
+Sizer = Callable[[RecordDict], int]
 
 
 @dataclass

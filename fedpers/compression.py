@@ -36,7 +36,7 @@ from fedpers.codecs.update import (
     encode_update,
     encode_weights,
 )
-from fedpers.comm import content_bytes
+from fedpers.comm import Sizer, content_bytes
 from fedpers.rounds import to_array_record
 
 EF_STATE_KEY = "ef-residual"
@@ -140,12 +140,14 @@ class UploadStats:
 
     def add(self, reply: Message, arrays: dict[str, np.ndarray],
             metrics: dict[str, Any],
-            extra: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+            extra: dict[str, dict[str, np.ndarray]] | None = None,
+            size: Sizer = content_bytes) -> None:
         """Count one accepted train reply (call before its content is replaced);
-        ``extra``: its decoded extra records (SCAFFOLD's control update)."""
+        ``extra``: its decoded extra records (SCAFFOLD's control update); ``size``: what
+        sizes the reply (the round's :class:`fedpers.comm.ReplySizes`)."""
         self.raw += sum(int(a.nbytes) for a in arrays.values())
         self.raw += sum(int(a.nbytes) for rec in (extra or {}).values() for a in rec.values())
-        self.sent += content_bytes(reply.content)
+        self.sent += size(reply.content)
         if DISTORTION_METRIC in metrics:
             self.distortions.append(float(metrics[DISTORTION_METRIC]))
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from fedpers.comm import content_bytes
+from fedpers.comm import Sizer, content_bytes
 from fedpers.devices import MAX_STEPS, RoundTiming, build_clock, samples_processed
 from fedpers.selection import ClientStats, jain_index
 
@@ -104,8 +104,10 @@ class Participation:
                         self.roster.partition_of[msg.metadata.dst_node_id])
         return send, gone
 
-    def finish(self, server_round: int, replies: Sequence[Message]) -> set[int]:
-        """Time the replies on the clock; return the partition ids that were late."""
+    def finish(self, server_round: int, replies: Sequence[Message],
+               size: Sizer = content_bytes) -> set[int]:
+        """Time the replies on the clock; return the partition ids that were late.
+        ``size``: what sizes a reply (the round's :class:`fedpers.comm.ReplySizes`)."""
         if self.clock is None:
             return set()
         seconds: dict[int, float] = {}
@@ -116,7 +118,7 @@ class Participation:
             pid = self.roster.partition_of[node]
             samples = self._samples(pid, reply)
             seconds[pid] = self.clock.seconds(pid, samples, self._down[node],
-                                              content_bytes(reply.content))
+                                              size(reply.content))
             self.stats[pid].last_duration_s = seconds[pid]
         self.timing = self.clock.end_round(seconds)
         self.dropped += len(self.timing.late)

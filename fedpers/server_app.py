@@ -44,7 +44,7 @@ from fedpers.checkpoint import (
     strategy_state,
 )
 from fedpers.codecs import build_codec
-from fedpers.comm import ByteCounter, content_bytes, messages_bytes
+from fedpers.comm import ByteCounter, ReplySizes, content_bytes, messages_bytes
 from fedpers.compression import UploadStats, encode_broadcast
 from fedpers.config import ConfigError, RunConfig, clients_per_round, parse_run_config
 from fedpers.data import TASKS, DataSpec, FederatedData, load_federated
@@ -159,11 +159,12 @@ class Experiment:
         self.unsaved_metrics: dict[int, dict[str, float]] = {}
 
     # ------------------------------------------------------------ one round
-    def _send(self, messages: list[Message], count_up: bool = True) -> list[Message]:
+    def _send(self, messages: list[Message], count_up: bool = True,
+              sizes: ReplySizes | None = None) -> list[Message]:
         self.bytes.add_down(messages_bytes(messages))
         replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
         if count_up:
-            self.bytes.add_up(messages_bytes(replies))
+            self.bytes.add_up((sizes or ReplySizes()).total(replies))
         return replies
 
     def _partition(self, reply: Message) -> int:
@@ -187,11 +188,13 @@ class Experiment:
         # the simulated clock: mid-round dropouts get the model but never reply
         to_send, gone = part.start(rnd, messages)
         self.bytes.add_down(messages_bytes(gone))
-        replies = self._send(to_send, count_up=part.clock is None) if to_send else []
-        late = part.finish(rnd, replies)  # past the round deadline: dropped
+        sizes = ReplySizes()  # each reply is sized once (bytes, clock, compression ratio)
+        replies = (self._send(to_send, count_up=part.clock is None, sizes=sizes)
+                   if to_send else [])
+        late = part.finish(rnd, replies, sizes)  # past the round deadline: dropped
         if part.clock is not None:  # a late upload is abandoned at the deadline
-            self.bytes.add_up(messages_bytes([r for r in replies
-                                              if self._partition(r) not in late]))
+            self.bytes.add_up(sizes.total([r for r in replies
+                                           if self._partition(r) not in late]))
         failed = len(to_send) - len(replies)
         checked: list[tuple[CheckedReply, Message]] = []
         rejected = dict.fromkeys(REJECT_REASONS, 0)  # by reason
@@ -215,7 +218,7 @@ class Experiment:
                                exc.reason, exc)
                 continue
             checked.append((c, reply))
-            upload.add(reply, c.arrays, c.metrics, c.extra)
+            upload.add(reply, c.arrays, c.metrics, c.extra, sizes)
         keep, drop = consistent_key_sets([c for c, _ in checked])
         for c in drop:
             rejected["keys"] += 1

@@ -9,8 +9,8 @@ with one SuperNode per client stops scaling at a few thousand clients. With
   (``VIRTUAL_NODE_BASE + partition id``), so the round loop, the roster, selection,
   the simulated clock, byte counting and reply checks all run exactly as with one
   node per client. Only when a call is sent does the grid hand the call's messages
-  to distinct real nodes, each with a ConfigRecord ``virtual-client`` naming the
-  partition it serves now (added after the server counted its bytes; the client
+  to the real nodes in turn (round-robin), each with a ConfigRecord
+  ``virtual-client`` naming the partition it serves now (added after the server counted its bytes; the client
   removes it before the app sees the message), and give the replies back their
   virtual sender;
 - the client (:func:`virtual_client_mod`, the outermost mod of the ClientApp) makes
@@ -117,8 +117,8 @@ def load_state(path: Path) -> RecordDict:
 
 # ------------------------------------------------------------------ server
 class VirtualGrid:
-    """A Grid whose nodes are the clients (virtual node ids); each call's messages go
-    to distinct real SuperNodes.
+    """A Grid whose nodes are the clients (virtual node ids); each call's messages are
+    dealt over the real SuperNodes.
 
     Parameters
     ----------
@@ -154,27 +154,32 @@ class VirtualGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> list[Message]:
-        """Send each message to its own real node (sorted node ids, in message order);
-        return the replies with their virtual senders."""
+        """Deal the messages over the real nodes (sorted node ids, round-robin in message
+        order); return the replies with their virtual senders.
+
+        A node given several messages of one call serves them one after the other or,
+        with several Ray workers, at once: each call carries its own partition and
+        state file, so no two calls share a client's state (one client appears at most
+        once per call).
+        """
         messages = list(messages)
         nodes = self.real_node_ids()
-        if len(messages) > len(nodes):
-            raise RuntimeError(f"{len(messages)} clients in one call but only {len(nodes)} "
-                               f"SuperNodes connected (run-config key 'virtual-nodes')")
+        if not nodes:
+            raise RuntimeError("no SuperNode connected (run-config key 'virtual-nodes')")
         pids = [self.partition_of(m.metadata.dst_node_id) for m in messages]
         if len(set(pids)) != len(pids):
             raise RuntimeError("one client twice in one call: its state cannot be served "
-                               "by two SuperNodes at once")
-        sender = {}
-        outgoing = []
-        for msg, pid, node in zip(messages, pids, nodes[:len(messages)], strict=True):
-            outgoing.append(self._routed(msg, pid, node))
-            sender[node] = msg.metadata.dst_node_id
+                               "by two calls at once")
+        outgoing = [self._routed(msg, pid, nodes[i % len(nodes)])
+                    for i, (msg, pid) in enumerate(zip(messages, pids, strict=True))]
         replies = list(self._grid.send_and_receive(outgoing, timeout=timeout))
+        # the grid gave each outgoing message its id when it pushed it
+        sender = {out.metadata.message_id: msg.metadata.dst_node_id
+                  for out, msg in zip(outgoing, messages, strict=True)}
         for reply in replies:
             # the reply as its client sent it: Flower's own way of setting metadata
             # (Metadata has no setter for the sender)
-            reply.metadata.__dict__["_src_node_id"] = sender[reply.metadata.src_node_id]
+            reply.metadata.__dict__["_src_node_id"] = sender[reply.metadata.reply_to_message_id]
         return replies
 
     def _routed(self, msg: Message, pid: int, node: int) -> Message:

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedpers.comm import ByteCounter, content_bytes
+import fedpers.comm as comm
+from fedpers.comm import ByteCounter, ReplySizes, content_bytes
 from fedpers.models import MLP
 
 
@@ -64,3 +65,26 @@ def test_byte_counter_rounds_and_totals():
     m = c.metrics()
     assert m == {"comm/bytes_up": 0.0, "comm/bytes_down": 5.0, "comm/bytes_up_total": 3.0,
                  "comm/bytes_down_total": 15.0}
+
+
+def test_reply_sizes_size_each_content_once_and_agree_with_content_bytes(monkeypatch):
+    torch.manual_seed(0)
+    a, b = _record(MLP((64,), 10)), _record(MLP((32,), 10))
+    want = {id(a): content_bytes(a), id(b): content_bytes(b)}
+    assert want[id(a)] != want[id(b)]
+    calls: list[int] = []
+    real = comm.content_bytes
+    monkeypatch.setattr(comm, "content_bytes", lambda c: calls.append(id(c)) or real(c))
+    sizes = ReplySizes()
+    assert [sizes(a), sizes(b), sizes(a), sizes(b), sizes(a)] == [
+        want[id(a)], want[id(b)], want[id(a)], want[id(b)], want[id(a)]]
+    assert sorted(calls) == sorted([id(a), id(b)])  # once each, however often asked
+
+
+def test_reply_sizes_never_mistake_a_new_content_for_a_cached_one():
+    # a content freed and another allocated at the same address: the cache keeps the
+    # sized content alive, so the address cannot be reused while it is cached
+    sizes = ReplySizes()
+    first = sizes(_record(MLP((8,), 10)))
+    second = _record(MLP((64,), 10))
+    assert sizes(second) == content_bytes(second) != first
