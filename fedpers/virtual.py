@@ -10,9 +10,9 @@ with one SuperNode per client stops scaling at a few thousand clients. With
   the simulated clock, byte counting and reply checks all run exactly as with one
   node per client. Only when a call is sent does the grid hand the call's messages
   to the real nodes in turn (round-robin), each with a ConfigRecord
-  ``virtual-client`` naming the partition it serves now (added after the server counted its bytes; the client
-  removes it before the app sees the message), and give the replies back their
-  virtual sender;
+  ``virtual-client`` naming the partition it serves now (added after the server
+  counted its bytes; the client removes it before the app sees the message), and give
+  the replies back their virtual sender;
 - the client (:func:`virtual_client_mod`, the outermost mod of the ClientApp) makes
   its node that partition for one call: ``partition-id`` in the node config, the
   partition's Context state loaded from disk; after the call it writes the state
