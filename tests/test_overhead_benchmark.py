@@ -74,11 +74,23 @@ def test_quick_run_prints_both_timings_and_a_ratio_per_size():
     assert "--cpus" in out and "threads in this process" in out
     rows = re.findall(r"^\| (\d+) \| ([^\n]+) \|$", out, flags=re.M)
     assert [int(n) for n, _ in rows] == [2, 3]  # the --quick sizes, in order
-    for _, cells in rows:
+    for n, cells in rows:
         values = [float(v) for v in cells.split(" | ")]
-        # (a) threads, (a) procs, (b) fedpers, then the two ratios (b)/(a)
-        assert len(values) == 5
+        # (a) threads, (a) procs, (b) fedpers, the two ratios (b)/(a), then the
+        # driver's CPU seconds per round and per client
+        assert len(values) == 7
         assert all(math.isfinite(v) and v > 0 for v in values)
+        np.testing.assert_allclose(values[6], 1e3 * values[5] / int(n), rtol=0.01, atol=0.06)
         # times have 4 significant digits, ratios 2 decimals
         np.testing.assert_allclose(values[3], values[2] / values[0], rtol=0.01, atol=0.006)
         np.testing.assert_allclose(values[4], values[2] / values[1], rtol=0.01, atol=0.006)
+
+
+def test_cpu_clock_reads_cpu_seconds_between_samples():
+    clock = _load_script()._CpuClock()
+    clock.stop()
+    clock.samples = [(10.0, 1.0), (11.0, 1.5), (12.0, 3.5)]
+    assert clock.at(9.0) == 1.0 and clock.at(13.0) == 3.5  # outside: the nearest sample
+    assert clock.at(10.5) == pytest.approx(1.25)
+    assert clock.at(11.0) == pytest.approx(1.5)
+    assert clock.at(11.75) == pytest.approx(3.0)

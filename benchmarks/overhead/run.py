@@ -178,8 +178,46 @@ def _probe_mod(msg, context, call_next):
     return out
 
 
-def run_fedpers(cfg: RunConfig, cpus: int, probe: bool) -> tuple[list[float], float]:
-    """Round wall seconds (rounds 2..R, from MLflow timestamps) and total seconds."""
+class _CpuClock:
+    """This process's CPU seconds (all threads: user + system) sampled every 20 ms, to
+    read the driver's CPU time at the MLflow round stamps. On a 2-core machine the
+    driver's CPU is taken from the Ray workers' training, so it is the overhead to cut."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = os.times()
+            self.samples.append((time.time(), t.user + t.system))
+            self._stop.wait(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, stamp: float) -> float:
+        """CPU seconds at wall time ``stamp`` (linear between samples)."""
+        import bisect
+
+        i = bisect.bisect_left(self.samples, (stamp, -1.0))
+        if i == 0:
+            return self.samples[0][1]
+        if i == len(self.samples):
+            return self.samples[-1][1]
+        (t0, c0), (t1, c1) = self.samples[i - 1], self.samples[i]
+        return c0 + (c1 - c0) * (stamp - t0) / max(t1 - t0, 1e-9)
+
+
+def run_fedpers(cfg: RunConfig, cpus: int, probe: bool
+                ) -> tuple[list[float], float, list[float]]:
+    """Round wall seconds (rounds 2..R, from MLflow timestamps), total seconds, and the
+    driver's CPU seconds in the same rounds."""
     from mlflow.tracking import MlflowClient
 
     from fedpers.simulation import run_simulation
@@ -190,11 +228,13 @@ def run_fedpers(cfg: RunConfig, cpus: int, probe: bool) -> tuple[list[float], fl
 
         client_app = build_client_app([_probe_mod])
     polls = _PollTimer() if probe else None
+    cpu = _CpuClock()
     t0 = time.perf_counter()
     try:
         run_id = run_simulation(cfg, run_name=f"overhead-{cfg.num_clients}", num_cpus=cpus,
                                 client_app=client_app)
     finally:
+        cpu.stop()
         if polls is not None:
             polls.restore()
     total = time.perf_counter() - t0
@@ -209,7 +249,9 @@ def run_fedpers(cfg: RunConfig, cpus: int, probe: bool) -> tuple[list[float], fl
     if len(stamps) != cfg.num_server_rounds:
         raise RuntimeError(f"expected {cfg.num_server_rounds} rounds in MLflow, "
                            f"found {len(stamps)}")
-    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)], total
+    cpu_at = [cpu.at(t) for t in stamps]
+    return ([b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)], total,
+            [b - a for a, b in zip(cpu_at[:-1], cpu_at[1:], strict=True)])
 
 
 class _PollTimer:
@@ -322,12 +364,14 @@ def main(argv: list[str] | None = None) -> int:
             for mode in floors:
                 times = run_floor(cfg, mode, args.cpus)
                 floor_s[mode] = _mean_after(times[:-1], args.warmup)
-            fl_times, total = run_fedpers(parse_run_config({**base, **extra}), args.cpus,
-                                          args.probe)
+            fl_times, total, fl_cpu = run_fedpers(parse_run_config({**base, **extra}),
+                                                  args.cpus, args.probe)
             fed_s = _mean_after(fl_times[:-1], args.warmup - 1)
-            rows.append((n, floor_s, fed_s, total))
-            print(f"[{n} clients] floor {floor_s} s/round, fedpers {fed_s:.4g} s/round, "
-                  f"fedpers run {total:.1f} s in all", flush=True)
+            drv_s = _mean_after(fl_cpu[:-1], args.warmup - 1)
+            rows.append((n, floor_s, fed_s, drv_s))
+            print(f"[{n} clients] floor {floor_s} s/round, fedpers {fed_s:.4g} s/round "
+                  f"(driver CPU {drv_s:.3g} s/round), fedpers run {total:.1f} s in all",
+                  flush=True)
         probe = _summarise_probe(probe_path) if args.probe else ""
     train_rows = int(round(args.samples * (1 - cfg.local_test_fraction)))
     print(f"\n{platform.node()}: {os.cpu_count()} CPUs seen, --cpus {args.cpus}; torch "
@@ -340,12 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         print(probe)
     head = " | ".join(f"(a) {m} s/round" for m in floors)
     ratios = " | ".join(f"(b)/(a) {m}" for m in floors)
-    print(f"\n| clients per round | {head} | (b) fedpers s/round | {ratios} |")
-    print("|---:|" + "---:|" * (2 * len(floors) + 1))
-    for n, floor_s, fed_s, _ in rows:
+    print(f"\n| clients per round | {head} | (b) fedpers s/round | {ratios} "
+          f"| (b) driver CPU s/round | driver ms per client |")
+    print("|---:|" + "---:|" * (2 * len(floors) + 3))
+    for n, floor_s, fed_s, drv_s in rows:
         cells = " | ".join(f"{floor_s[m]:.4g}" for m in floors)
         rat = " | ".join(f"{fed_s / floor_s[m]:.2f}" for m in floors)
-        print(f"| {n} | {cells} | {fed_s:.4g} | {rat} |")
+        print(f"| {n} | {cells} | {fed_s:.4g} | {rat} | {drv_s:.3g} | {1e3 * drv_s / n:.1f} |")
     return 0
 
 
