@@ -18,8 +18,19 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 
 def content_bytes(content: RecordDict) -> int:
-    """Serialized size in bytes of a RecordDict, as Flower sends it."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
+    """Serialized size in bytes of a RecordDict, as Flower sends it.
+
+    Sizing leaves nothing behind in the content: Flower's ``Array`` caches its chunks
+    (memoryview slices of its data) when its object id is computed, and the Simulation
+    Engine's Ray backend pickles that cache with the message, sending every array twice
+    to the worker (benchmarks/overhead/README.md, suspect 5). They are rebuilt when
+    needed.
+    """
+    objects = get_all_nested_objects(content)
+    size = sum(len(obj.deflate()) for obj in objects.values())
+    for obj in objects.values():
+        obj.__dict__.pop("_chunks", None)
+    return size
 
 
 def messages_bytes(messages: Iterable[Message]) -> int:

@@ -88,3 +88,19 @@ def test_reply_sizes_never_mistake_a_new_content_for_a_cached_one():
     first = sizes(_record(MLP((8,), 10)))
     second = _record(MLP((64,), 10))
     assert sizes(second) == content_bytes(second) != first
+
+
+def test_sizing_leaves_no_chunk_cache_to_be_pickled_with_the_message():
+    # Ray pickles a message's content to ship it to a worker: after sizing it must not
+    # carry each array's data twice (Flower's Array caches chunk views of its data)
+    from ray import cloudpickle
+
+    torch.manual_seed(0)
+    rd = _record(MLP((256,), 10))
+    before = len(cloudpickle.dumps(rd))
+    size = content_bytes(rd)
+    # (the cached object ids, 64 hex characters each, are all it adds)
+    assert len(cloudpickle.dumps(rd)) < 1.05 * before
+    assert content_bytes(rd) == size  # the chunks are rebuilt when needed
+    raw = sum(a.numpy().nbytes for a in rd["arrays"].values())
+    assert before < 1.2 * raw  # the check above would see a doubled payload
