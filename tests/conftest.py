@@ -16,6 +16,17 @@ SHARED = ROOT.parent / "shared"
 
 
 @pytest.fixture
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task identity, so that tests can make Flower Messages outside a running app
+    (Flower reads it from process globals; restored after the test). Use it with
+    ``pytestmark = pytest.mark.usefixtures("task_identity")``."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+
+
+@pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedpers.codecs import CODECS
 from fedpers.rounds import (
@@ -20,11 +19,7 @@ from fedpers.rounds import (
 REF = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 
 def _reply(arrays: dict, metrics: dict | None = None, extra: dict | None = None) -> Message:

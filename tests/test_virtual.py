@@ -15,7 +15,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedpers import client_state
 from fedpers.comm import messages_bytes
@@ -32,14 +31,7 @@ from fedpers.virtual import (
     virtual_node_id,
 )
 
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Messages made outside a Flower process need a task identity (as in
-    tests/test_rounds.py)."""
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 
 # ------------------------------------------------------------------ config

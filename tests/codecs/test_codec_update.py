@@ -13,7 +13,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedpers.codecs import CODECS, CodecError, build_codec
 from fedpers.codecs.update import (
@@ -41,11 +40,7 @@ from fedpers.rounds import RejectedReply, check_train_reply
 LOSSY = [k for k, c in CODECS.items() if c.lossy]
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 
 def model(seed: int, scale: float = 1.0) -> dict[str, np.ndarray]:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedpers.attacks import attackers
 from fedpers.client_app import train
@@ -20,11 +19,7 @@ from strategies import STRATEGIES
 NODE = 5
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 
 class _Grid:

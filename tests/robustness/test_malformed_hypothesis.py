@@ -13,7 +13,6 @@ from collections import Counter
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -44,11 +43,7 @@ SETTINGS = settings(max_examples=60, deadline=None,
                                            HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 
 def _message(content: dict) -> Message:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedpers.config import parse_run_config
 from fedpers.robust import RobustLayer
@@ -20,11 +19,7 @@ X = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32),
 U = [([0.1, 0.2], [0.0]), ([0.3, 0.0], [0.2]), ([50.0, -40.0], [30.0])]
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 
 class _Grid:

@@ -5,23 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from clients import LocalContext
 from fedpers.config import parse_run_config
 from fedpers.data.base import ClientData
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages can be made outside a running Flower app."""
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
 
 
 def one_weight(w: float) -> nn.Module:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
-from strategy_helpers import task_identity  # noqa: F401 - autouse fixture
 
 from fedpers.codecs import CODECS, build_codec
 from fedpers.comm import content_bytes
@@ -17,6 +16,8 @@ from fedpers.rounds import (
     clean_reply,
 )
 from strategies import STRATEGIES
+
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 REF = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 GOOD = {"w": np.ones((3, 2), np.float32), "b": np.ones(2, np.float32)}

@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 from flwr.serverapp.exception import AggregationError
-from strategy_helpers import (  # noqa: F401 - task_identity is an autouse fixture
+from strategy_helpers import (
     FakeGrid,
     numpy,
     record,
     reply,
-    task_identity,
 )
 
 from fedpers.config import parse_run_config
 from fedpers.training import effective_steps
 from strategies import STRATEGIES
+
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 
 def _aggregate(name: str, x: dict, replies: list, **cfg) -> dict[str, np.ndarray]:

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord
-from strategy_helpers import (  # noqa: F401 - task_identity is an autouse fixture
+from strategy_helpers import (
     FakeGrid,
     local_context,
     numpy,
     one_weight,
     record,
     reply,
-    task_identity,
     weight,
 )
 
@@ -21,6 +20,8 @@ from clients import LOCAL_UPDATES
 from clients.proximal import proximal_hook
 from fedpers.config import parse_run_config
 from strategies import STRATEGIES
+
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 X1 = np.ones((1, 1), np.float32)  # one example, x = 1: loss (w - 1)^2, gradient 2 (w - 1)
 

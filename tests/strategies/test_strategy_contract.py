@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MessageType
 from flwr.serverapp.strategy import Strategy
-from strategy_helpers import (  # noqa: F401 - task_identity is an autouse fixture
+from strategy_helpers import (
     FakeGrid,
     numpy,
     record,
     reply,
-    task_identity,
 )
 
 from clients import LOCAL_UPDATES
 from fedpers.config import parse_run_config
 from strategies import STRATEGIES
+
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 NAMES = sorted(STRATEGIES)
 # Adaptive server optimisers (Reddi et al.) take a normalised step towards the
