@@ -60,20 +60,28 @@ class CNN(nn.Module):
     """Small LeNet-style CNN for 1x28x28 images (about 47k parameters).
 
     conv 1->16 5x5, max-pool 2, conv 16->32 5x5, max-pool 2, fc 512->64, head 64->classes.
+    With ``norm=True`` a BatchNorm2d follows each convolution (96 more parameters and
+    the running statistics): the model of task ``fmnist-bn``, for FedBN.
     """
 
     head_prefixes: tuple[str, ...] = ("head.",)
 
-    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> None:
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+                 norm: bool = False) -> None:
         super().__init__()
         channels, height, width = input_shape
+
+        def bn(n: int) -> list[nn.Module]:
+            return [nn.BatchNorm2d(n)] if norm else []
+
         self.body = nn.Sequential(
-            nn.Conv2d(channels, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 16, 5), *bn(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5), *bn(32), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
         )
-        with torch.no_grad():
-            flat = self.body(torch.zeros(1, channels, height, width)).shape[1]
+        with torch.no_grad():  # (eval: the probe must not move BatchNorm's statistics)
+            flat = self.body.eval()(torch.zeros(1, channels, height, width)).shape[1]
+        self.body.train()
         self.body.append(nn.Linear(flat, 64))
         self.body.append(nn.ReLU())
         self.head = nn.Linear(64, num_classes)

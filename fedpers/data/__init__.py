@@ -13,7 +13,7 @@ import time
 
 from fedpers.data.base import ClientData, DataSpec, FederatedData, Task
 from fedpers.data.digits import DigitsTask
-from fedpers.data.fmnist import FmnistTask
+from fedpers.data.fmnist import FmnistBNTask, FmnistTask
 from fedpers.data.fmnist_ad import FmnistAdTask
 from fedpers.data.npz import NpzTask
 from fedpers.data.shakespeare import ShakespeareTask
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 TASKS: dict[str, Task] = {
     "digits": DigitsTask(),
     "fmnist": FmnistTask(),
+    "fmnist-bn": FmnistBNTask(),
     "npz": NpzTask(),
     "shuttle-ad": ShuttleAdTask(),
     "fmnist-ad": FmnistAdTask(),

@@ -134,3 +134,17 @@ class FmnistTask:
     def preprocess(self, raw: np.ndarray) -> np.ndarray:
         """See :func:`preprocess_images`."""
         return preprocess_images(raw)
+
+
+class FmnistBNTask(FmnistTask):
+    """Fashion-MNIST with the CNN plus a BatchNorm2d after each convolution: a model
+    with normalisation layers for ``personalization = "fedbn"`` (same data, partitions
+    and metrics as ``fmnist``)."""
+
+    name: str = "fmnist-bn"
+
+    def build_model(self, input_shape: tuple[int, ...], num_classes: int):
+        """A fresh :class:`fedpers.models.CNN` with ``norm=True``."""
+        from fedpers.models import CNN
+
+        return CNN(input_shape, num_classes, norm=True)

