@@ -148,10 +148,10 @@ def test_none_state_round_trips_as_none():
     assert strat.m_t is None
 
 
-def test_restored_scaffold_steps_exactly_like_the_original(monkeypatch):
+@pytest.mark.usefixtures("task_identity")  # Messages outside an app
+def test_restored_scaffold_steps_exactly_like_the_original():
     """Golden numbers: c moves by sum(delta c_i) / N from the restored c."""
     from flwr.app import Message, MessageType
-    from flwr.supercore.task_identity import TaskIdentity
 
     from fedpers.rounds import to_array_record
     from strategies.scaffold import CONTROL
@@ -164,9 +164,6 @@ def test_restored_scaffold_steps_exactly_like_the_original(monkeypatch):
     meta, arrays = strategy_state(strat, spec.state)
     resumed = spec.build(cfg)
     restore_strategy_state(resumed, spec.state, meta, arrays)
-
-    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, attr, value)  # messages outside a Flower app
 
     def reply(y, dc, n):
         ins = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=7)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from clients import LocalContext
@@ -22,14 +21,6 @@ from strategies import STRATEGIES
 
 NODE = 5
 BN_TASK = "digits-bn"
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages can be made outside a running Flower app."""
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
 
 
 class BNMLP(nn.Module):

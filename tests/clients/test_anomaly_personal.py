@@ -6,13 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 from flwr.app import Context, RecordDict
-from personal_helpers import call_eval, task_identity  # noqa: F401 - fixture
+from personal_helpers import call_eval
 
 from fedpers.client_app import evaluate_local
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS
 from fedpers.metrics import F1_GLOBAL_THRESHOLD, GLOBAL_THRESHOLD
 from fedpers.server_app import Experiment, RoundLog
+
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 CFG = {"task": "shuttle-ad", "num-clients": 3, "partition": "iid",
        "max-samples-per-client": 1500, "batch-size": 64}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from personal_helpers import (  # noqa: F401 - bn_task, task_identity: fixtures
+from personal_helpers import (  # noqa: F401 - bn_task: a fixture
     BN_TASK,
     bn_task,
     call_train,
@@ -16,7 +16,6 @@ from personal_helpers import (  # noqa: F401 - bn_task, task_identity: fixtures
     numpy,
     run_config,
     state_arrays,
-    task_identity,
 )
 
 from clients import PERSONALIZERS
@@ -26,7 +25,7 @@ from fedpers.data import TASKS
 from fedpers.rounds import check_extra_records, check_train_reply
 from strategies import STRATEGIES
 
-pytestmark = pytest.mark.usefixtures("bn_task")
+pytestmark = pytest.mark.usefixtures("bn_task", "task_identity")
 
 
 def _private(name: str) -> set[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from personal_helpers import (  # noqa: F401 - bn_task, task_identity: fixtures
+from personal_helpers import (  # noqa: F401 - bn_task: a fixture
     BN_TASK,
     bn_task,
     call_eval,
@@ -19,13 +19,12 @@ from personal_helpers import (  # noqa: F401 - bn_task, task_identity: fixtures
     numpy,
     run_config,
     state_arrays,
-    task_identity,
 )
 
 from clients import PERSONALIZERS
 from fedpers.data import TASKS
 
-pytestmark = pytest.mark.usefixtures("bn_task")
+pytestmark = pytest.mark.usefixtures("bn_task", "task_identity")
 
 # methods that keep something in the Context state between rounds
 STATEFUL = {"local", "fedper", "fedrep", "fedbn", "ditto", "apfl"}

@@ -15,7 +15,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients import LOCAL_UPDATES, LocalContext
 from fedpers.comm import content_bytes
@@ -28,11 +27,7 @@ from fedpers.rounds import Roster
 N = {0: 64, 1: 64, 2: 10}  # training-set sizes
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
 
 def roster() -> Roster:
