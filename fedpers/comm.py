@@ -35,16 +35,7 @@ def content_bytes(content: RecordDict) -> int:
 
 def messages_bytes(messages: Iterable[Message]) -> int:
     """Total content bytes of several messages (shared contents sized once, counted each time)."""
-    cache: dict[int, int] = {}
-    total = 0
-    for msg in messages:
-        if not msg.has_content():
-            continue
-        key = id(msg.content)
-        if key not in cache:
-            cache[key] = content_bytes(msg.content)
-        total += cache[key]
-    return total
+    return ReplySizes().total(messages)
 
 
 class ReplySizes:
