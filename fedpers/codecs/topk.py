@@ -8,10 +8,12 @@ n - k smallest values, combined with the error of the value coding
 (``sparse-values``: fp32 exact, fp16, or q8).
 
 Size: 12-byte header (common header with value and index tags + u32 k) + the
-values (4k, 2k or 8 + k bytes) + the positions: gaps between sorted indices in the
-smallest of u8/u16/u32 that holds the largest gap (``k`` x 1, 2 or 4 bytes), or a
-``ceil(n / 8)``-byte bitmap when smaller. :meth:`TopKCodec.nbytes` gives the upper
-bound (largest gap ``n - 1``); :meth:`TopKCodec.nbytes_given_gap` the exact size.
+values (4k, 2k, 8 + k or 4 + ceil(k / 8) bytes) + the positions, the smallest of:
+gaps between sorted indices in the smallest of u8/u16/u32 that holds the largest
+gap (``k`` x 1, 2 or 4 bytes), a ``ceil(n / 8)``-byte bitmap, or the gaps'
+Golomb-Rice code (``fedpers.codecs._sparse``; about ``log2(n / k) + 2`` bits per
+index). :meth:`TopKCodec.nbytes` gives the upper bound over all positions;
+:meth:`TopKCodec.nbytes_given` the exact size for given positions.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ class TopKCodec(sp.SparseCodec):
     def _encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         idx = self.select(x)
         vtag = sp.VALUE_TAGS[self.values]
-        itag, index_bytes = sp.encode_indices(idx, x.size)
+        itag, index_parts = sp.encode_indices(idx, x.size)
         return f.join([f.header(self.tag, x.size, a=vtag, b=itag), f.U32.pack(idx.size),
-                       *sp.encode_values(x[idx], vtag, rng), index_bytes])
+                       *sp.encode_values(x[idx], vtag, rng), *index_parts])
 
     def _decode(self, buf: np.ndarray, n: int, name: str) -> np.ndarray:
         r = f.Reader(buf, name)
@@ -57,14 +59,18 @@ class TopKCodec(sp.SparseCodec):
         out[idx] = values
         return out
 
-    def nbytes_given_gap(self, n: int, max_gap: int) -> int:
+    def _size(self, n: int, idx: np.ndarray | None) -> int:
         k = sp.keep_count(n, self.fraction)
         return (f.HEADER.size + f.U32.size + sp.values_nbytes(k, sp.VALUE_TAGS[self.values])
-                + sp.index_nbytes(n, k, max_gap))
+                + sp.index_nbytes(n, k, idx))
+
+    def nbytes_given(self, n: int, idx: np.ndarray) -> int:
+        """Exact size when the kept positions are the sorted indices ``idx``."""
+        return self._size(n, idx)
 
     def nbytes(self, n: int) -> int:
-        """Upper bound (the largest possible gap); exact: :meth:`nbytes_given_gap`."""
-        return self.nbytes_given_gap(n, max(n - 1, 0))
+        """Upper bound over all positions; exact: :meth:`nbytes_given`."""
+        return self._size(n, None)
 
     def error_bound(self, x: np.ndarray) -> float:
         x = np.asarray(x, np.float32).reshape(-1)

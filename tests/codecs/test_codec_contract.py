@@ -16,6 +16,7 @@ import pytest
 
 from fedpers.codecs import CODECS, CodecError
 from fedpers.codecs import _format as fmt
+from fedpers.codecs import _sparse as sp
 from fedpers.codecs.qsgd import QSGDCodec
 from fedpers.codecs.randk import RandKCodec
 from fedpers.codecs.sign import ScaledSignCodec
@@ -24,7 +25,7 @@ from fedpers.codecs.uniform import UniformQuantizer
 
 # every registry entry with its defaults, plus settings the defaults do not reach:
 # per-tensor scales, generic bit widths (qsgd s=3 -> 3 bits, s=300 -> 10 bits),
-# quantised sparse values, a dense top-k that picks the bitmap
+# quantised and sign sparse values, a dense top-k that picks the bitmap
 VARIANTS = {
     **CODECS,
     "q8-per-tensor": UniformQuantizer(bits=8, block=0),
@@ -35,6 +36,8 @@ VARIANTS = {
     "sign-per-tensor": ScaledSignCodec(block=0),
     "topk-fp16": TopKCodec(fraction=0.05, values="fp16"),
     "topk-q8-dense": TopKCodec(fraction=0.5, values="q8"),
+    "topk-sign": TopKCodec(fraction=0.01, values="sign"),
+    "randk-sign": RandKCodec(fraction=0.05, values="sign"),
     "randk-q8": RandKCodec(fraction=0.1, values="q8"),
     "randk-fp16": RandKCodec(fraction=0.02, values="fp16"),
 }
@@ -91,9 +94,7 @@ def test_encoded_size_is_the_formula(name):
     for k, v in x.items():
         got = payload[k].nbytes
         if isinstance(codec, TopKCodec):
-            idx = codec.select(v.reshape(-1))
-            max_gap = int(np.diff(idx, prepend=0).max()) if idx.size else 0
-            assert got == codec.nbytes_given_gap(v.size, max_gap), k
+            assert got == codec.nbytes_given(v.size, codec.select(v.reshape(-1))), k
             assert got <= codec.encoded_nbytes(v.shape), k  # the stated upper bound
         else:
             assert got == codec.encoded_nbytes(v.shape), k
@@ -106,6 +107,10 @@ def _expected_nbytes(name: str, n: int) -> int:
     blocks = math.ceil(n / 512)
     k = math.ceil(0.01 * n)
     gap = 1 if n - 1 <= 255 else 2 if n - 1 <= 65535 else 4  # largest possible gap: n - 1
+    # Rice, parameter b: a byte for b, k b-bit remainders, unary quotients of gaps that
+    # sum to at most n - k
+    rice = min(1 + math.ceil(k * b / 8) + math.ceil((((n - k) >> b) + k) / 8)
+               for b in range(17))
     return {
         "none": 4 * n,
         "fp16": 8 + 2 * n,
@@ -114,7 +119,7 @@ def _expected_nbytes(name: str, n: int) -> int:
         "q2": 12 + 8 * blocks + math.ceil(n / 4),
         "qsgd": 14 + 4 * blocks + math.ceil(4 * n / 8),        # s = 7: 4-bit codes
         "sign": 12 + 4 * blocks + math.ceil(n / 8),
-        "topk": 12 + 4 * k + min(gap * k, math.ceil(n / 8)),   # upper bound
+        "topk": 12 + 4 * k + min(gap * k, math.ceil(n / 8), rice),   # upper bound
         "randk": 20 + 4 * k,
     }[name]
 
@@ -229,26 +234,25 @@ def test_unknown_array_name_is_rejected(name):
 
 
 def test_sparse_codecs_reject_bad_tags_and_indices():
-    x = {"w": np.random.default_rng(0).normal(0, 1, 1100).astype(np.float32)}
+    # the 11 largest values 100 apart: u8 gaps (11 bytes) beat their Rice code (13)
+    w = np.random.default_rng(0).normal(0, 1, 1100).astype(np.float32)
+    w[::100] = 50.0
+    x = {"w": w}
     topk = TopKCodec(fraction=0.01)
     buf = topk.encode(x, np.random.default_rng(0))["w"]
     with pytest.raises(CodecError, match="unknown value dtype tag 9"):
         topk.decode({"w": _with_header(buf, a=9)}, x)
     with pytest.raises(CodecError, match="unknown index dtype tag 7"):
         topk.decode({"w": _with_header(buf, b=7)}, x)
-    # k = 11 values, u8 or u16 gaps at the end: make the first gap point past the end
-    _, _, _, itag, _ = fmt.HEADER.unpack(buf[:8].tobytes())
-    width = {1: 1, 2: 2, 3: 4}[itag]
+    # k = 11 values, u8 gaps at the end: make the gaps point past the end
+    assert fmt.HEADER.unpack(buf[:8].tobytes())[3] == 1  # u8 gaps
     bad = buf.copy()
     start = 8 + 4 + 4 * 11
-    bad[start:start + width] = np.frombuffer(np.array([1100], f"<u{width}").tobytes()
-                                             if width > 1 else bytes([255]), np.uint8)
-    if width == 1:  # 255 + later gaps may stay in range; push a later gap up as well
-        bad[start + width:start + 11 * width] = 255
-    with pytest.raises(CodecError, match="out of range|not strictly increasing"):
+    bad[start:start + 11] = 255
+    with pytest.raises(CodecError, match="out of range"):
         topk.decode({"w": bad}, x)
     repeated = buf.copy()
-    repeated[start + width:start + 2 * width] = 0  # a zero gap: the same index twice
+    repeated[start + 1] = 0  # a zero gap: the same index twice
     with pytest.raises(CodecError, match="not strictly increasing"):
         topk.decode({"w": repeated}, x)
     k_wrong = buf.copy()
@@ -262,6 +266,81 @@ def test_sparse_codecs_reject_bad_tags_and_indices():
     flipped[-5] ^= 0x01
     with pytest.raises(CodecError, match="bitmap marks"):
         dense.decode({"w": flipped}, x)
+
+
+def _rice_payload(n: int = 20_000, fraction: float = 0.01, values: str = "fp32"):
+    x = {"w": np.random.default_rng(1).normal(0, 1, n).astype(np.float32)}
+    codec = TopKCodec(fraction=fraction, values=values)
+    buf = codec.encode(x, np.random.default_rng(0))["w"]
+    assert fmt.HEADER.unpack(buf[:8].tobytes())[3] == sp.INDEX_RICE
+    return codec, x, buf
+
+
+def test_rice_positions_round_trip_at_the_documented_size():
+    """Random positions at several densities: the Rice code returns them exactly, and its
+    size is the bit count written out: a parameter byte, k b-bit remainders, and
+    sum(gap >> b) + k unary bits, b chosen as the smallest."""
+    rng = np.random.default_rng(3)
+    for n, k in [(46_730, 468), (20_000, 200), (1_000_000, 1000), (5000, 15), (300, 40)]:
+        idx = np.sort(rng.choice(n, k, replace=False))
+        tag, parts = sp.encode_indices(idx, n)
+        buf = fmt.join(parts)
+        gaps = np.diff(idx, prepend=-1) - 1
+        rice = min(1 + math.ceil(k * b / 8) + math.ceil((int((gaps >> b).sum()) + k) / 8)
+                   for b in range(17))
+        assert buf.nbytes == min(rice, math.ceil(n / 8),
+                                 k * (1 if gaps.max() < 255 else 2 if gaps.max() < 65535
+                                      else 4)) == sp.index_nbytes(n, k, idx)
+        if n // k >= 20:  # sparse: Rice is the smallest, ~log2(n / k) + 2 bits per index
+            assert tag == sp.INDEX_RICE, (n, k)
+            assert buf.nbytes * 8 / k < math.log2(n / k) + 3, (n, k)
+        r = fmt.Reader(buf, "w")
+        assert np.array_equal(sp.decode_indices(r, n, k, tag), idx)
+        r.finish()
+
+
+def test_rice_positions_reject_malformed_codes():
+    codec, x, buf = _rice_payload()
+    n, k = 20_000, 200
+    rice_at = 8 + 4 + 4 * k  # after the header, k and the fp32 values
+    assert codec.decode({"w": buf}, x)["w"].shape == (n,)
+    big_b = buf.copy()
+    big_b[rice_at] = 17
+    with pytest.raises(CodecError, match="Rice parameter 17"):
+        codec.decode({"w": big_b}, x)
+    b = int(buf[rice_at])
+    unary_at = rice_at + 1 + math.ceil(k * b / 8)
+    ones = buf.copy()
+    ones[unary_at:] = 0xFF  # no terminators at all
+    with pytest.raises(CodecError, match="Rice code ends after 0 of 200"):
+        codec.decode({"w": ones}, x)
+    far = buf.copy()
+    far[unary_at:unary_at + 40] = 0xFF  # long quotients: the last index leaves the tensor
+    far = np.concatenate([far, np.zeros(40, np.uint8)])
+    with pytest.raises(CodecError, match="out of range|wrong length"):
+        codec.decode({"w": far}, x)
+    extra = np.concatenate([buf, np.zeros(1, np.uint8)])
+    with pytest.raises(CodecError, match=r"wrong length: 1 byte\(s\) after"):
+        codec.decode({"w": extra}, x)
+    padded = buf.copy()
+    padded[-1] |= 0x80
+    with pytest.raises(CodecError, match="padding bits|out of range|ends after"):
+        codec.decode({"w": padded}, x)
+
+
+def test_sign_values_are_the_mean_magnitude_with_each_sign():
+    """STC's ternary coding: every kept value is +-mean(|kept|), the rest zero."""
+    codec, x, buf = _rice_payload(values="sign")
+    out = codec.decode({"w": buf}, x)["w"]
+    idx = codec.select(x["w"])
+    kept = x["w"][idx]
+    assert np.count_nonzero(out) == idx.size
+    np.testing.assert_allclose(out[idx], np.sign(kept) * np.abs(kept).mean(), rtol=1e-6)
+    assert buf.nbytes == codec.nbytes_given(x["w"].size, idx)
+    negative = buf.copy()
+    negative[12:16] = np.frombuffer(np.array([-1.0], "<f4").tobytes(), np.uint8)
+    with pytest.raises(CodecError, match="negative sign scale"):
+        codec.decode({"w": negative}, x)
 
 
 def test_quantisers_reject_bad_scales_codes_and_settings():
