@@ -58,7 +58,7 @@ RESERVED_KEYS = ("seed", "experiment", "tracking-uri", "mlflow-run-id")
 QUICK_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "task": "digits", "data-dir": "", "num-clients": 3, "num-server-rounds": 2,
     "fraction-train": 1.0, "fraction-evaluate": 1.0, "local-epochs": 1,
-    "max-samples-per-client": 0, "eval-every": 1,
+    "max-samples-per-client": 0, "eval-every": 1, "feature-shift": 0.0,
 })
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -28,6 +28,7 @@ PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 DEVICES = ("auto", "cpu", "cuda")
 # Tasks whose clients are given by the data (partition = "natural").
 NATURAL_TASKS = ("npz", "shakespeare")
+FEATURE_SHIFT_TASKS = ("fmnist", "fmnist-bn")
 DEVICE_PROFILES = ("none", "lognormal", "trace")  # fedpers.devices.PROFILES
 
 
@@ -122,6 +123,10 @@ class RunConfig:
     max_samples_per_client: int = _key("max-samples-per-client", 0, _non_negative,
                                        doc="cap on each client's local data (0 = no cap)")
     seed: int = _key("seed", 42, _non_negative)
+    feature_shift: float = _key(
+        "feature-shift", 0.0, _unit_interval, hashed_when_set=True,
+        doc="fmnist, fmnist-bn: per-client intensity shift s; each client's images become "
+            "a x + b, contrast a ~ U(1 - s, 1), brightness b ~ U(0, 1 - a), seeded (0 = off)")
     strategy: str = _key("strategy", "fedavg")
     personalization: str = _key("personalization", "none")
     codec: str = _key("codec", "none")
@@ -390,6 +395,10 @@ def _check_combination(cfg: RunConfig) -> None:
                           f"has natural clients, one per (play, role); set partition = "
                           f"'natural' (each speaker's own lines) or 'iid' (the same speakers' "
                           f"samples pooled and dealt out uniformly)")
+    if cfg.feature_shift > 0 and cfg.task not in FEATURE_SHIFT_TASKS:
+        raise ConfigError(f"run-config key 'feature-shift' = {cfg.feature_shift} applies to "
+                          f"tasks {', '.join(FEATURE_SHIFT_TASKS)}; task {cfg.task!r} has no "
+                          f"image intensities to shift")
     if cfg.task == "npz" and not cfg.data_dir:
         raise ConfigError("run-config key 'data-dir' must name a folder of <client>.npz files "
                           "for task 'npz'")

@@ -104,15 +104,17 @@ def test_replace_validates_and_digest_tracks_results_keys():
 
 
 def test_a_key_hashed_when_set_keeps_old_digests_at_its_default():
-    """finetune-lr came after recorded sweeps: at its default (0 = lr) it is not in the
-    digest, so those runs keep theirs; set, it is."""
+    """finetune-lr and feature-shift came after recorded sweeps: at their defaults (0)
+    they are not in the digest, so those runs keep theirs; set, they are."""
     import hashlib
     import json
 
     cfg = parse_run_config({"task": "digits"})
     legacy = {k: v for k, v in cfg.to_dict().items()
               if k not in ("tracking-uri", "experiment", "mlflow-run-id", "virtual-nodes",
-                           "finetune-lr")}
+                           "finetune-lr", "feature-shift")}
     assert cfg.digest() == hashlib.sha256(
         json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.replace(**{"finetune-lr": 0.005}).digest() != cfg.digest()
+    fm = parse_run_config({"task": "fmnist"})
+    assert fm.replace(**{"feature-shift": 0.5}).digest() != fm.digest()

@@ -23,6 +23,7 @@ STAGE_GLOBAL = 0
 STAGE_CLIENTS = 1
 STAGE_VAL = 2
 STAGE_ANOMALY = 3
+STAGE_SHIFT = 4
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 
@@ -52,6 +53,37 @@ def classification_clients(x_raw: np.ndarray, y: np.ndarray, spec: DataSpec,
                               y_train=labels(y[train]),
                               x_test=features(preprocess(x_raw[test])),
                               y_test=labels(y[test])))
+    return out
+
+
+def intensity_shift(num_clients: int, strength: float, seed: int
+                    ) -> list[tuple[float, float]]:
+    """Each client's ``(contrast a, brightness b)`` for ``feature-shift`` = ``strength``:
+    ``a ~ U(1 - strength, 1)``, ``b ~ U(0, 1 - a)`` (so [0, 1] pixels stay in [0, 1]),
+    drawn from the seed and the client id; (1, 0) for every client when strength is 0."""
+    out = []
+    for cid in range(num_clients):
+        rng = np.random.default_rng(derive_seed(seed, STAGE_SHIFT, cid))
+        a = float(rng.uniform(1.0 - strength, 1.0)) if strength > 0 else 1.0
+        b = float(rng.uniform(0.0, 1.0 - a)) if strength > 0 else 0.0
+        out.append((a, b))
+    return out
+
+
+def shift_features(clients: list[ClientData], spec: DataSpec) -> list[ClientData]:
+    """Feature shift across clients (``feature-shift``): client c's train and test images
+    become ``a_c x + b_c`` (:func:`intensity_shift`), the kind of per-device difference
+    (sensor gain and offset) that FedBN's private normalisation layers are for (Li et
+    al., arXiv 2102.07623). The global test set is left as it is."""
+    if spec.feature_shift <= 0:
+        return clients
+    shifts = intensity_shift(len(clients), spec.feature_shift, spec.seed)
+    out = []
+    for c, (a, b) in zip(clients, shifts, strict=True):
+        scale, offset = np.float32(a), np.float32(b)
+        out.append(ClientData(x_train=features(c.x_train * scale + offset), y_train=c.y_train,
+                              x_test=features(c.x_test * scale + offset), y_test=c.y_test,
+                              x_val=c.x_val))
     return out
 
 

@@ -28,6 +28,7 @@ class DataSpec:
     data_dir: str = ""
     anomaly_classes: tuple[int, ...] = ()
     threshold_percentile: float = 95.0
+    feature_shift: float = 0.0
 
     @classmethod
     def from_config(cls, cfg) -> DataSpec:  # cfg: fedpers.config.RunConfig
@@ -36,7 +37,8 @@ class DataSpec:
                    local_test_fraction=cfg.local_test_fraction,
                    max_samples_per_client=cfg.max_samples_per_client, seed=cfg.seed,
                    data_dir=cfg.data_dir, anomaly_classes=cfg.anomaly_class_list,
-                   threshold_percentile=cfg.threshold_percentile)
+                   threshold_percentile=cfg.threshold_percentile,
+                   feature_shift=cfg.feature_shift)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpers.data._common import classification_clients, features, labels
+from fedpers.data._common import classification_clients, features, labels, shift_features
 from fedpers.data.base import DataSpec, FederatedData, Kind
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ class FmnistTask:
     def load(self, spec: DataSpec) -> FederatedData:
         """Partition the official training set; the official test set is the global test."""
         x_train, y_train, x_test, y_test = load_raw(spec.data_dir)
-        clients = classification_clients(x_train, y_train, spec, self.preprocess)
+        clients = shift_features(classification_clients(x_train, y_train, spec,
+                                                        self.preprocess), spec)
         return FederatedData(kind=self.kind, clients=clients,
                              x_test=self.preprocess(x_test), y_test=labels(y_test),
                              input_shape=INPUT_SHAPE, num_classes=10)

@@ -452,3 +452,42 @@ def test_fmnist_bn_is_fmnist_data_with_norm_layers_for_fedbn():
         p.numel() for p in plain.parameters())
     assert extra == 2 * (16 + 32)  # a scale and a shift per channel
     assert model(torch.from_numpy(b.x_test[:4])).shape == (4, 10)
+
+
+@needs_fmnist
+def test_feature_shift_gives_each_client_its_own_contrast_and_brightness():
+    """feature-shift: client c's train and test images are a_c x + b_c of the unshifted
+    ones (same rows and labels), a_c in [1 - s, 1], b_c in [0, 1 - a_c], seeded, distinct
+    across clients; the global test set is untouched; s = 0 changes nothing."""
+    from fedpers.data._common import intensity_shift
+
+    base = spec("fmnist-bn", num_clients=4, max_samples_per_client=60)
+    plain = load_federated(base)
+    shifted = load_federated(DataSpec(**{**base.__dict__, "feature_shift": 0.8}))
+    shifts = intensity_shift(4, 0.8, base.seed)
+    assert shifts == intensity_shift(4, 0.8, base.seed)  # seeded
+    assert shifts != intensity_shift(4, 0.8, base.seed + 1)
+    assert len({a for a, _ in shifts}) == 4
+    for c0, c1, (a, b) in zip(plain.clients, shifted.clients, shifts, strict=True):
+        assert 0.2 <= a <= 1.0 and 0.0 <= b <= 1.0 - a
+        np.testing.assert_allclose(c1.x_train, a * c0.x_train + b, atol=1e-6)
+        np.testing.assert_allclose(c1.x_test, a * c0.x_test + b, atol=1e-6)
+        np.testing.assert_array_equal(c1.y_train, c0.y_train)
+        assert c1.x_train.dtype == np.float32 and 0.0 <= c1.x_train.min() <= c1.x_train.max() <= 1.0
+    np.testing.assert_array_equal(shifted.x_test, plain.x_test)
+    assert intensity_shift(3, 0.0, 1) == [(1.0, 0.0)] * 3
+
+
+def test_feature_shift_is_checked_against_the_task():
+    from fedpers.config import ConfigError, parse_run_config
+
+    with pytest.raises(ConfigError, match="'feature-shift' = 0.5 applies to tasks fmnist"):
+        parse_run_config({"task": "digits", "feature-shift": 0.5})
+    with pytest.raises(ConfigError, match="feature-shift.*must be in \\[0, 1\\]"):
+        parse_run_config({"task": "fmnist", "feature-shift": 1.5})
+    cfg = parse_run_config({"task": "fmnist-bn", "feature-shift": 0.5})
+    assert DataSpec.from_config(cfg).feature_shift == 0.5
+    # unset, the key leaves every recorded run's digest as it was
+    assert parse_run_config({"task": "fmnist"}).digest() == parse_run_config(
+        {"task": "fmnist", "feature-shift": 0.0}).digest()
+    assert cfg.digest() != parse_run_config({"task": "fmnist-bn"}).digest()
