@@ -373,10 +373,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"(driver CPU {drv_s:.3g} s/round), fedpers run {total:.1f} s in all",
                   flush=True)
         probe = _summarise_probe(probe_path) if args.probe else ""
-    train_rows = int(round(args.samples * (1 - cfg.local_test_fraction)))
+    # what the clients really hold (the cap binds only below the data set's share)
+    from fedpers.data import DataSpec, load_federated
+
+    held = [c.num_train for c in load_federated(DataSpec.from_config(cfg)).clients]
+    train_rows = (f"{sum(held) / len(held):.0f} (at {cfg.num_clients} clients: "
+                  f"{min(held)}-{max(held)})")
     print(f"\n{platform.node()}: {os.cpu_count()} CPUs seen, --cpus {args.cpus}; torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads in this process), Python "
-          f"{platform.python_version()}; task {args.task}, iid, ~{train_rows} train rows per "
+          f"{platform.python_version()}; task {args.task}, iid, {train_rows} train rows per "
           f"client, {args.epochs} local epoch(s), batch {cfg.batch_size}, lr {cfg.lr}, "
           f"momentum {cfg.momentum}; {args.rounds} rounds, timed rounds "
           f"{args.warmup + 1}-{args.rounds - 1}; (b) extra keys: {extra or 'none'}")
