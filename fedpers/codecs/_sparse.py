@@ -149,17 +149,23 @@ def rice_nbytes_bound(n: int, k: int) -> int:
     return min(rice_nbytes(k, b, (n - k) >> b) for b in range(MAX_RICE_PARAM + 1))
 
 
+def _index_sizes(idx: np.ndarray, n: int) -> dict[int, int]:
+    """Bytes of each position code of the sorted indices ``idx`` (index tag -> size; the
+    Rice entry at its best parameter)."""
+    gaps = np.diff(idx, prepend=0)
+    tag = gap_tag(int(gaps.max()) if gaps.size else 0)
+    return {tag: idx.size * np.dtype(INDEX_GAP_DTYPES[tag]).itemsize,
+            INDEX_BITMAP: f.packed_nbytes(n, 1),
+            INDEX_RICE: best_rice(rice_gaps(idx))[1]}
+
+
 def index_nbytes(n: int, k: int, idx: np.ndarray | None = None) -> int:
     """Bytes of the position code of ``k`` sorted indices into ``n``: exact for the
     indices ``idx``; without them, the largest over all k-subsets."""
-    if idx is None:
-        gap_bytes = k * np.dtype(INDEX_GAP_DTYPES[gap_tag(max(n - 1, 0))]).itemsize
-        rice = rice_nbytes_bound(n, k)
-    else:
-        gaps = np.diff(idx, prepend=0)
-        gap_bytes = k * np.dtype(INDEX_GAP_DTYPES[gap_tag(int(gaps.max()) if k else 0)]).itemsize
-        rice = best_rice(rice_gaps(idx))[1]
-    return min(gap_bytes, f.packed_nbytes(n, 1), rice)
+    if idx is not None:
+        return min(_index_sizes(np.asarray(idx), n).values())
+    gap_bytes = k * np.dtype(INDEX_GAP_DTYPES[gap_tag(max(n - 1, 0))]).itemsize
+    return min(gap_bytes, f.packed_nbytes(n, 1), rice_nbytes_bound(n, k))
 
 
 def encode_rice(gaps: np.ndarray, b: int) -> list:
@@ -168,11 +174,8 @@ def encode_rice(gaps: np.ndarray, b: int) -> list:
     q = g >> b
     remainders = f.pack_bits((g & ((1 << b) - 1)).astype(np.uint32), b) if b else \
         np.zeros(0, np.uint8)
-    unary = np.zeros(int(q.sum()) + g.size, np.uint8)
-    ends = np.cumsum(q + 1) - 1  # the terminating zero of each code
-    starts = ends - q
-    ones = np.repeat(starts, q) + (np.arange(int(q.sum())) - np.repeat(np.cumsum(q) - q, q))
-    unary[ones] = 1
+    unary = np.ones(int(q.sum()) + g.size, np.uint8)  # q ones, then a zero, per gap
+    unary[np.cumsum(q + 1) - 1] = 0
     return [np.array([b], np.uint8), remainders, np.packbits(unary, bitorder="little")]
 
 
@@ -202,19 +205,19 @@ def decode_rice(r: f.Reader, k: int) -> np.ndarray:
 
 
 def encode_indices(idx: np.ndarray, n: int) -> tuple[int, list]:
-    """(index tag, byte parts) of the smallest code of sorted unique indices ``idx``."""
-    gaps = np.diff(idx, prepend=0)
-    tag = gap_tag(int(gaps.max()) if gaps.size else 0)
-    width = np.dtype(INDEX_GAP_DTYPES[tag]).itemsize
-    rg = rice_gaps(idx)
-    b, rice = best_rice(rg)
-    best = min(idx.size * width, f.packed_nbytes(n, 1), rice)
-    if rice == best:
-        return INDEX_RICE, encode_rice(rg, b)
-    if f.packed_nbytes(n, 1) == best:
+    """(index tag, byte parts) of the smallest code of sorted unique indices ``idx``
+    (on a tie: Rice, then the bitmap, then fixed-width gaps)."""
+    sizes = _index_sizes(idx, n)
+    smallest = min(sizes.values())
+    if sizes[INDEX_RICE] == smallest:
+        rg = rice_gaps(idx)
+        return INDEX_RICE, encode_rice(rg, best_rice(rg)[0])
+    if sizes[INDEX_BITMAP] == smallest:
         mask = np.zeros(n, np.uint8)
         mask[idx] = 1
         return INDEX_BITMAP, [f.pack_bits(mask, 1)]
+    tag = next(t for t in sizes if t in INDEX_GAP_DTYPES)
+    gaps = np.diff(idx, prepend=0)
     return tag, [gaps.astype(INDEX_GAP_DTYPES[tag]).view(np.uint8)]
 
 
