@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -64,9 +65,8 @@ def intensity_shift(num_clients: int, strength: float, seed: int
     out = []
     for cid in range(num_clients):
         rng = np.random.default_rng(derive_seed(seed, STAGE_SHIFT, cid))
-        a = float(rng.uniform(1.0 - strength, 1.0)) if strength > 0 else 1.0
-        b = float(rng.uniform(0.0, 1.0 - a)) if strength > 0 else 0.0
-        out.append((a, b))
+        a = float(rng.uniform(1.0 - strength, 1.0))  # exactly 1 when strength is 0
+        out.append((a, float(rng.uniform(0.0, 1.0 - a))))
     return out
 
 
@@ -78,13 +78,9 @@ def shift_features(clients: list[ClientData], spec: DataSpec) -> list[ClientData
     if spec.feature_shift <= 0:
         return clients
     shifts = intensity_shift(len(clients), spec.feature_shift, spec.seed)
-    out = []
-    for c, (a, b) in zip(clients, shifts, strict=True):
-        scale, offset = np.float32(a), np.float32(b)
-        out.append(ClientData(x_train=features(c.x_train * scale + offset), y_train=c.y_train,
-                              x_test=features(c.x_test * scale + offset), y_test=c.y_test,
-                              x_val=c.x_val))
-    return out
+    return [dataclasses.replace(c, x_train=features(c.x_train * np.float32(a) + np.float32(b)),
+                                x_test=features(c.x_test * np.float32(a) + np.float32(b)))
+            for c, (a, b) in zip(clients, shifts, strict=True)]
 
 
 def normal_val_split(normal_idx: np.ndarray, strata: np.ndarray, seed: int,
