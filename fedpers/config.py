@@ -252,6 +252,11 @@ class RunConfig:
                               doc="simulation: run this many SuperNodes that serve the "
                                   "round's selected clients in turn, each client's state on "
                                   "disk between calls (0 = one SuperNode per client)")
+    clients_per_call: int = _key("clients-per-call", 1, _positive,
+                                 doc="simulation with virtual-nodes: pack up to this many of a "
+                                     "SuperNode's clients into one message, served one after "
+                                     "the other in one call (fewer messages through Flower "
+                                     "and Ray; same results and bytes)")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -263,10 +268,11 @@ class RunConfig:
         return parse_run_config({**self.to_dict(), **overrides})
 
     def digest(self, exclude: tuple[str, ...] = ("tracking-uri", "experiment",
-                                                 "mlflow-run-id", "virtual-nodes")) -> str:
-        """A stable hash of the settings that change results (``virtual-nodes`` changes
-        how a simulation is run, not its results). Keys declared ``hashed_when_set``
-        count only when they differ from their default."""
+                                                 "mlflow-run-id", "virtual-nodes",
+                                                 "clients-per-call")) -> str:
+        """A stable hash of the settings that change results (``virtual-nodes`` and
+        ``clients-per-call`` change how a simulation is run, not its results). Keys
+        declared ``hashed_when_set`` count only when they differ from their default."""
         quiet = {f.metadata["key"] for f in fields(self)
                  if f.metadata.get("hashed_when_set") and getattr(self, f.name) == f.default}
         d = {k: v for k, v in self.to_dict().items() if k not in exclude and k not in quiet}
@@ -425,6 +431,11 @@ def _check_virtual_nodes(cfg: RunConfig) -> None:
     second (see the README's "Many clients in simulation").
     """
     if cfg.virtual_nodes == 0:
+        if cfg.clients_per_call > 1:
+            raise ConfigError(f"run-config key 'clients-per-call' = {cfg.clients_per_call} "
+                              f"packs the clients of a virtual SuperNode; it needs "
+                              f"virtual-nodes > 0 (it is 0: one SuperNode per client, one "
+                              f"message each)")
         return
     if cfg.virtual_nodes > cfg.num_clients:
         raise ConfigError(f"run-config key 'virtual-nodes' = {cfg.virtual_nodes} exceeds "

@@ -617,4 +617,4 @@ def virtual_grid(cfg: RunConfig, grid: Grid, run_id: str) -> Grid | VirtualGrid:
                           f"the Simulation Engine only (this ServerApp runs on a "
                           f"{type(grid).__name__}); in deployment each SuperNode is one "
                           f"client: set virtual-nodes = 0")
-    return VirtualGrid(grid, cfg.num_clients, run_id)
+    return VirtualGrid(grid, cfg.num_clients, run_id, cfg.clients_per_call)

@@ -4,6 +4,9 @@ client is ``tests/test_virtual_e2e.py``."""
 
 from __future__ import annotations
 
+import copy
+import json
+
 import numpy as np
 import pytest
 from flwr.app import (
@@ -11,6 +14,7 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
+    Error,
     Message,
     MetricRecord,
     RecordDict,
@@ -21,12 +25,15 @@ from fedpers.comm import messages_bytes
 from fedpers.config import ConfigError, clients_per_round, parse_run_config
 from fedpers.server_app import virtual_grid
 from fedpers.virtual import (
+    BATCH,
     RECORD,
     VIRTUAL_NODE_BASE,
     VirtualGrid,
+    pack,
     remove_states,
     state_dir,
     state_file,
+    unpack,
     virtual_client_mod,
     virtual_node_id,
 )
@@ -237,3 +244,138 @@ def test_grid_refuses_calls_it_cannot_serve():
         grid.send_and_receive(_round(grid, [4, 4]))
     with pytest.raises(ValueError, match="not a virtual client"):
         grid.send_and_receive(_round(grid, [10]))
+
+
+# ------------------------------------------------------------------ clients-per-call
+def test_clients_per_call_needs_virtual_nodes_and_a_positive_count():
+    with pytest.raises(ConfigError, match="'clients-per-call' = 4.*virtual-nodes > 0"):
+        parse_run_config({"clients-per-call": 4})
+    with pytest.raises(ConfigError, match="'clients-per-call'.*> 0"):
+        parse_run_config({"num-clients": 10, "virtual-nodes": 2, "clients-per-call": 0})
+    cfg = parse_run_config({"num-clients": 10, "fraction-train": 0.5,
+                            "fraction-evaluate": 0.5, "virtual-nodes": 2})
+    assert cfg.replace(**{"clients-per-call": 5}).digest() == cfg.digest()
+
+
+def test_pack_sends_a_shared_record_once_and_unpack_gives_each_its_own_copy():
+    shared = ArrayRecord({"w": Array(np.arange(1000, dtype=np.float32))})
+    contents = [RecordDict({"arrays": shared, "config": ConfigRecord({"i": i})})
+                for i in range(3)]
+    packed = pack(contents + [Error(code=7, reason="broken")], {"extra": "x"})
+    assert len(packed.array_records) == 1  # the model once, not three times
+    assert packed.config_records[BATCH]["extra"] == "x"
+    out = unpack(packed)
+    assert isinstance(out[3], Error) and (out[3].code, out[3].reason) == (7, "broken")
+    for i, content in enumerate(out[:3]):
+        assert sorted(content.keys()) == ["arrays", "config"]
+        assert content["config"]["i"] == i
+        np.testing.assert_array_equal(content["arrays"]["w"].numpy(), np.arange(1000))
+    # a client that changes its copy of the shared record changes nobody else's
+    out[0]["arrays"]["w"] = Array(np.zeros(2, np.float32))
+    assert out[1]["arrays"]["w"].shape == (1000,)
+    assert shared["w"].shape == (1000,)
+
+
+class LoopbackGrid:
+    """Real nodes that run fedpers' client mod and an inner app on what they are sent
+    (one Context per node, as the Simulation Engine keeps them), optionally replying
+    to a whole call with an error."""
+
+    def __init__(self, nodes, app, tmp_path, fail_calls=()):
+        self.contexts = {n: _context(tmp_path, node_id=n) for n in nodes}
+        self.app = app
+        self.sent: list[Message] = []
+        self.fail_calls = set(fail_calls)
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        out = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"id{len(self.sent)}"
+            if len(self.sent) in self.fail_calls:
+                out.append(Message(Error(code=3, reason="worker died"), reply_to=msg))
+            else:
+                ctx = self.contexts[msg.metadata.dst_node_id]
+                # the worker gets its own copy (Ray pickles the message)
+                copied = Message(content=RecordDict(dict(msg.content.items())),
+                                 metadata=copy.copy(msg.metadata))
+                out.append(virtual_client_mod(copied, ctx, self.app))
+            out[-1].metadata.__dict__["_message_id"] = f"reply{len(self.sent)}"  # as Flower
+            self.sent.append(msg)
+        return list(reversed(out))
+
+
+def _pid_app(seen: list, crash: int | None = None):
+    """Replies with the partition and call count it served; raises for ``crash``."""
+    counting = _counting_app(seen)
+
+    def app(msg: Message, context: Context) -> Message:
+        if context.node_config["partition-id"] == crash:
+            context.state["calls"] = ConfigRecord({"n": 99})
+            raise RuntimeError("client crashed")
+        counting(msg, context)
+        return Message(RecordDict({"metrics": MetricRecord(
+            {"partition-id": int(context.node_config["partition-id"]),
+             "n": int(context.state.config_records["calls"]["n"]),
+             "w0": float(msg.content["arrays"]["w"].numpy()[0])})}), reply_to=msg)
+
+    return app
+
+
+def _by_sender(replies: list[Message]) -> dict[int, Message]:
+    out = {r.metadata.src_node_id - VIRTUAL_NODE_BASE: r for r in replies}
+    assert len(out) == len(replies)
+    return out
+
+
+def test_packed_calls_serve_each_client_with_its_own_state(tmp_path):
+    seen: list = []
+    inner = LoopbackGrid([20, 10], _pid_app(seen), tmp_path)
+    grid = VirtualGrid(inner, num_partitions=100, state_key="run1", clients_per_call=3)
+    pids = [5, 9, 1, 77, 3, 8, 2]
+    for rnd in (1, 2):
+        messages = _round(grid, pids)
+        before = messages_bytes(messages)
+        replies = _by_sender(grid.send_and_receive(messages, timeout=1.0))
+        assert messages_bytes(messages) == before  # what the server counted, untouched
+        assert sorted(replies) == sorted(pids)
+        for pid, reply in replies.items():
+            metrics = reply.content.metric_records["metrics"]
+            assert int(metrics["partition-id"]) == pid and int(metrics["n"]) == rnd
+            assert BATCH not in reply.content.config_records
+    # node 10 had messages 0, 2, 4, 6 (two calls: 3 + 1), node 20 had 1, 3, 5 (one call)
+    first = inner.sent[:3]
+    assert [m.metadata.dst_node_id for m in first] == [10, 20, 10]
+    assert [len(m.content.array_records) for m in first] == [1, 1, 1]  # model once a call
+    assert [json.loads(m.content.config_records[BATCH]["partition-id"])
+            if BATCH in m.content.config_records
+            else int(m.content.config_records[RECORD]["partition-id"]) for m in first] == [
+        [5, 1, 3], [9, 77, 8], 2]
+    # the app saw each client's message as the server built it, with its own history
+    assert [s["records"] for s in seen] == [["arrays", "config"]] * 14
+    assert [s["pid"] for s in seen[:7]] == [5, 1, 3, 9, 77, 8, 2]
+    assert [s["n_before"] for s in seen] == [0] * 7 + [1] * 7
+    assert all(len(ctx.state) == 0 for ctx in inner.contexts.values())
+
+
+def test_a_client_that_raises_in_a_packed_call_fails_alone(tmp_path):
+    seen: list = []
+    inner = LoopbackGrid([10], _pid_app(seen, crash=9), tmp_path)
+    grid = VirtualGrid(inner, num_partitions=100, state_key="run1", clients_per_call=4)
+    replies = _by_sender(grid.send_and_receive(_round(grid, [5, 9, 1]), timeout=1.0))
+    assert len(inner.sent) == 1
+    assert replies[9].has_error() and "client crashed" in replies[9].error.reason
+    assert not replies[5].has_error() and not replies[1].has_error()
+    assert not state_file(state_dir(tmp_path, "run1"), 9).exists()  # nothing saved
+
+
+def test_an_error_reply_to_a_packed_call_is_every_clients_error(tmp_path):
+    inner = LoopbackGrid([10, 20], _pid_app([]), tmp_path, fail_calls={0})
+    grid = VirtualGrid(inner, num_partitions=100, state_key="run1", clients_per_call=2)
+    replies = _by_sender(grid.send_and_receive(_round(grid, [5, 9, 1, 4]), timeout=1.0))
+    assert [p for p, r in replies.items() if r.has_error()] == [5, 1]  # node 10's call
+    assert all(r.error.reason == "worker died" for r in (replies[5], replies[1]))
+    assert not replies[9].has_error() and not replies[4].has_error()
+    assert len({r.metadata.message_id for r in replies.values()}) == 4

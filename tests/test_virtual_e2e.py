@@ -1,6 +1,8 @@
 """Virtual clients end to end (issue 9): the same run with one SuperNode per client and
 with 2 SuperNodes that serve 8 clients in turn (4 per round: each node gets two of a
-call's messages, which Ray's workers may run at once), through Flower's Simulation Engine.
+call's messages, which Ray's workers may run at once), and with those 2 nodes serving
+their 2 clients of a call in one packed message (``clients-per-call``), through Flower's
+Simulation Engine.
 
 The combination keeps state on every client (SCAFFOLD's c_i, FedRep's private head,
 top-k's error-feedback residual) and puts rounds on the simulated clock (with mid-round
@@ -40,7 +42,13 @@ def test_virtual_nodes_give_exactly_the_results_of_one_node_per_client(tmp_path)
     common = {**BASE, "tracking-uri": uri, "client-state-dir": str(state_dir)}
     ref_id = run_simulation(parse_run_config(common))
     virt_id = run_simulation(parse_run_config({**common, "virtual-nodes": 2}))
+    packed_id = run_simulation(parse_run_config({**common, "virtual-nodes": 2,
+                                                 "clients-per-call": 2}))
+    _assert_same_run(uri, ref_id, virt_id, state_dir)
+    _assert_same_run(uri, ref_id, packed_id, state_dir)
 
+
+def _assert_same_run(uri: str, ref_id: str, virt_id: str, state_dir) -> None:
     want, got = metric_history(uri, ref_id), metric_history(uri, virt_id)
     for key in ("eval/client_accuracy_mean", "eval/client_loss_mean", "eval/global_accuracy",
                 "train/loss", "comm/bytes_up", "comm/bytes_down", "comm/update_distortion",
