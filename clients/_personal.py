@@ -3,7 +3,7 @@ passes, and the base of the methods that keep some parameters on the client.
 
 Private state lives in the client's Context state (``LocalContext.state``, a
 RecordDict kept across rounds) as ArrayRecords built with
-:func:`fedpers.rounds.to_array_record`, never in files.
+:func:`fedpers.arrays.to_array_record`, never in files.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from clients.work import stragglers
-from fedpers.rounds import to_array_record
+from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.training import GradHook, TrainResult, derive_seed, train_local
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
 def load_state(lc: LocalContext, name: str) -> dict[str, np.ndarray] | None:
     """The ArrayRecord ``name`` of this client's Context state as numpy, or None."""
     record = lc.state.array_records.get(name)
-    return None if record is None else {k: a.numpy() for k, a in record.items()}
+    return None if record is None else record_to_numpy(record)
 
 
 def save_state(lc: LocalContext, name: str, arrays: dict[str, np.ndarray]) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from clients.work import local_sgd
-from fedpers.rounds import to_array_record
+from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.training import effective_steps
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ STATE_KEY = "scaffold-ci"  # the client's c_i in its Context state
 def _load_ci(lc: LocalContext, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """This client's c_i for the names in ``c`` (zeros where it has none yet)."""
     stored = lc.state.array_records.get(STATE_KEY)
-    old = {k: a.numpy() for k, a in stored.items()} if stored is not None else {}
+    old = record_to_numpy(stored) if stored is not None else {}
     return {k: old[k] if k in old and old[k].shape == v.shape else np.zeros_like(v)
             for k, v in c.items()}
 

@@ -43,6 +43,7 @@ from flwr.clientapp import ClientApp
 from clients import LOCAL_UPDATES, PERSONALIZERS, LocalContext
 from fedpers import client_state
 from fedpers import metrics as fm
+from fedpers.arrays import record_to_numpy
 from fedpers.attacks import attackers, poison_labels, poison_update
 from fedpers.compression import encode_extra_record, encode_reply_arrays, received_arrays
 from fedpers.config import RunConfig, parse_run_config
@@ -97,7 +98,7 @@ def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Modul
                       partition_id=pid, seed=derive_seed(cfg.seed, SEED_TRAIN, rnd, pid),
                       device=resolve_device(cfg.device), state=context.state,
                       server_config=server_cfg,
-                      server_arrays={name: {k: a.numpy() for k, a in rec.items()}
+                      server_arrays={name: record_to_numpy(rec)
                                      for name, rec in msg.content.array_records.items()
                                      if name != "arrays"})
     torch.manual_seed(lc.seed)
@@ -120,7 +121,8 @@ def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Modul
 def _incoming(msg: Message, cfg: RunConfig, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The broadcast model, decoded when the server compresses it (``codec-down``)."""
     if cfg.codec_down == "none":
-        return msg.content["arrays"].to_torch_state_dict()
+        # what ArrayRecord.to_torch_state_dict gives, each header parsed once (fedpers.arrays)
+        return {k: torch.from_numpy(v) for k, v in record_to_numpy(msg.content["arrays"]).items()}
     decoded = received_arrays(cfg, msg.content["arrays"], _shared_arrays(model, set()))
     return {k: torch.from_numpy(v) for k, v in decoded.items()}
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
+from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.codecs import Codec, build_codec
 from fedpers.codecs.update import (
     EncodedUpdate,
@@ -37,7 +38,6 @@ from fedpers.codecs.update import (
     encode_weights,
 )
 from fedpers.comm import Sizer, content_bytes
-from fedpers.rounds import to_array_record
 
 EF_STATE_KEY = "ef-residual"
 DISTORTION_METRIC = "codec-distortion"
@@ -52,7 +52,7 @@ def load_residual(state: RecordDict, key: str = EF_STATE_KEY
                   ) -> dict[str, np.ndarray] | None:
     if key not in state.array_records:
         return None
-    return {k: a.numpy() for k, a in state.array_records[key].items()}
+    return record_to_numpy(state.array_records[key])
 
 
 def store_residual(state: RecordDict, residual: dict[str, np.ndarray] | None,
@@ -107,7 +107,7 @@ def encode_extra_record(cfg: Any, name: str, arrays: dict[str, np.ndarray],
 def received_arrays(cfg: Any, record: ArrayRecord,
                     reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The broadcast as numpy arrays, decoded if the server compressed it."""
-    payload = {k: a.numpy() for k, a in record.items()}
+    payload = record_to_numpy(record)
     if cfg.codec_down == "none":
         return payload
     return decode_weights(build_codec(cfg, cfg.codec_down), payload, reference)
@@ -125,7 +125,7 @@ def encode_broadcast(messages: list[Message], codec: Codec, rng: np.random.Gener
         if id(content) in done or key not in content.array_records:
             continue
         done.add(id(content))
-        arrays = {k: a.numpy() for k, a in content.array_records[key].items()}
+        arrays = record_to_numpy(content.array_records[key])
         content[key] = _record(encode_weights(codec, arrays, rng))
 
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from fedpers.arrays import to_array_record, to_numpy
 from fedpers.codecs.base import Codec, CodecError
 from fedpers.codecs.update import decode_update
 
@@ -177,7 +178,7 @@ def check_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: C
     metrics = _metrics(reply)
     record = content.array_records[models[0]]
     try:
-        payload = {k: a.numpy() for k, a in record.items()}
+        payload = {k: to_numpy(a) for k, a in record.items()}
     except Exception as exc:  # noqa: BLE001 - undeserialisable arrays
         raise RejectedReply(f"cannot read arrays: {type(exc).__name__}: {exc}",
                             "codec") from exc
@@ -237,7 +238,7 @@ def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
         if name not in records:
             raise RejectedReply(f"missing ArrayRecord {name!r}")
         try:
-            arrays = {k: a.numpy() for k, a in records[name].items()}
+            arrays = {k: to_numpy(a) for k, a in records[name].items()}
             if codec is not None and codec.lossy:  # an update against zero
                 arrays = decode_update(codec, arrays,
                                        {k: np.zeros_like(v) for k, v in reference.items()})
@@ -257,7 +258,7 @@ def update_norm(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray])
     total = 0.0
     for key, arr in arrays.items():
         if arr.dtype.kind == "f":
-            d = arr.astype(np.float64) - reference[key].astype(np.float64)
+            d = np.subtract(arr, reference[key], dtype=np.float64)  # no float64 copies
             total += float(np.dot(d.ravel(), d.ravel()))
     return float(np.sqrt(total))
 
@@ -319,16 +320,6 @@ def consistent_key_sets(checked: list[CheckedReply]) -> tuple[list[CheckedReply]
     return keep, drop
 
 
-def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """Named numpy arrays as an ArrayRecord, keeping 0-d arrays 0-d.
-
-    (``np.ascontiguousarray`` alone would turn a 0-d buffer such as BatchNorm's
-    ``num_batches_tracked`` into shape (1,) and the reply would be rejected.)
-    """
-    return ArrayRecord({k: Array(np.ascontiguousarray(v).reshape(np.shape(v)))
-                        for k, v in arrays.items()})
-
-
 def clean_reply(reply: Message, checked: CheckedReply) -> Message:
     """The reply as the strategy should see it: decoded arrays + its metrics (+ extras)."""
     reply.content = RecordDict({"arrays": to_array_record(checked.arrays),
@@ -336,10 +327,6 @@ def clean_reply(reply: Message, checked: CheckedReply) -> Message:
                                 **{name: to_array_record(arrays)
                                    for name, arrays in checked.extra.items()}})
     return reply
-
-
-def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: a.numpy() for k, a in record.items()}
 
 
 def weighted_mean(pairs: Iterable[tuple[float, float]]) -> float | None:

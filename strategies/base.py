@@ -10,6 +10,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
+from fedpers.arrays import record_to_numpy
+
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
 
@@ -62,7 +64,7 @@ def reply_keys(replies: Sequence[Message], record: str = "arrays") -> list[str]:
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: a.numpy() for k, a in record.items()}
+    return record_to_numpy(record)
 
 
 class SharedPart:

@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAvg
 
-from fedpers.rounds import to_array_record
+from fedpers.arrays import to_array_record
 from fedpers.training import effective_steps
 from strategies.base import TAKE_ALL, StrategySpec, to_numpy
 

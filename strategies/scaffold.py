@@ -26,7 +26,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedpers.rounds import to_array_record
+from fedpers.arrays import to_array_record
 from strategies.base import TAKE_ALL, StrategySpec, to_numpy
 
 if TYPE_CHECKING:

@@ -153,7 +153,7 @@ def test_restored_scaffold_steps_exactly_like_the_original():
     """Golden numbers: c moves by sum(delta c_i) / N from the restored c."""
     from flwr.app import Message, MessageType
 
-    from fedpers.rounds import to_array_record
+    from fedpers.arrays import to_array_record
     from strategies.scaffold import CONTROL
 
     spec = STRATEGIES["scaffold"]

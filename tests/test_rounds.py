@@ -93,7 +93,7 @@ def test_weighted_mean():
 
 
 def test_to_array_record_keeps_zero_d_buffers():
-    from fedpers.rounds import record_to_numpy, to_array_record
+    from fedpers.arrays import record_to_numpy, to_array_record
 
     arrays = {"num_batches_tracked": np.array(3, dtype=np.int64), "w": np.ones((2, 2))}
     back = record_to_numpy(to_array_record(arrays))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedpers.aggregation import AGGREGATORS
+from fedpers.arrays import record_to_numpy
 from fedpers.codecs import CODECS, build_codec
 from fedpers.codecs.update import PACKED_KEY, encode_update
 from fedpers.config import parse_run_config
@@ -28,7 +29,6 @@ from fedpers.rounds import (
     RejectedReply,
     clean_reply,
     consistent_key_sets,
-    record_to_numpy,
     screen_train_reply,
 )
 from strategies import STRATEGIES
