@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from threadpoolctl import threadpool_limits
 
 from clients import PERSONALIZERS
 from fedpers import client_state
@@ -595,7 +596,13 @@ def main(grid: Grid, context: Context) -> None:
         if resume is None:
             tracker.log_params(cfg.to_dict())
             tracker.set_tags({"fedpers.config_digest": cfg.digest()})
-        Experiment(cfg, virtual_grid(cfg, grid, tracker.run_id), tracker, resume=resume).run()
+        # numpy's BLAS threads spin for a while after each call (the update norms'
+        # dot products): on the Simulation Engine that took ~10% of a core from the
+        # clients' training (benchmarks/overhead/README.md); the server's vectors are
+        # small, one thread loses nothing, and the sums no longer depend on the core count
+        with threadpool_limits(limits=1, user_api="blas"):
+            Experiment(cfg, virtual_grid(cfg, grid, tracker.run_id), tracker,
+                       resume=resume).run()
     except BaseException:
         tracker.finish("FAILED")
         raise
