@@ -49,6 +49,7 @@ from fedpers.compression import encode_extra_record, encode_reply_arrays, receiv
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.devices import reported_profile
+from fedpers.heap import freeze_once
 from fedpers.privacy import clip_update
 from fedpers.training import anomaly_scores, derive_seed, evaluate, resolve_device
 from fedpers.virtual import virtual_client_mod
@@ -92,6 +93,7 @@ def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Modul
     pid = partition_id(context, cfg)
     task = TASKS[cfg.task]
     fed = load_federated(DataSpec.from_config(cfg))
+    freeze_once()  # the data and imports stay: full collections skip them (fedpers.heap)
     server_cfg = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
     rnd = int(server_cfg.get("server-round", 0))
     lc = LocalContext(cfg=cfg, data=fed.clients[pid], kind=fed.kind, server_round=rnd,
