@@ -94,3 +94,41 @@ def test_cpu_clock_reads_cpu_seconds_between_samples():
     assert clock.at(10.5) == pytest.approx(1.25)
     assert clock.at(11.0) == pytest.approx(1.5)
     assert clock.at(11.75) == pytest.approx(3.0)
+
+
+@pytest.mark.slow
+def test_repeated_packed_run_summarises_each_size_and_the_timeline_runs():
+    """--repeat with packed calls (clients-per-call) in (b); then timeline.py, which
+    stamps every call and client of a packed run."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--task", "digits",
+                           "--sizes", "3", "--floors", "procs", "--repeat", "2",
+                           "--set", "virtual-nodes=1", "clients-per-call=3"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^\| 3 \| (\d) \| ([^\n]+) \|$", proc.stdout, flags=re.M)
+    assert [int(r) for r, _ in rows] == [1, 2]
+    ratios = [float(cells.split(" | ")[2]) for _, cells in rows]
+    summary = re.search(r"^3 clients per round, \(b\)/\(a\) procs over 2 runs: mean "
+                        r"([\d.]+), min ([\d.]+), max ([\d.]+)$", proc.stdout, flags=re.M)
+    assert summary, proc.stdout[-2000:]
+    mean, lo, hi = map(float, summary.groups())
+    assert lo == pytest.approx(min(ratios), abs=0.011)
+    assert hi == pytest.approx(max(ratios), abs=0.011)
+    assert mean == pytest.approx(sum(ratios) / 2, abs=0.011)
+
+    timeline = ROOT / "benchmarks" / "overhead" / "timeline.py"
+    proc = subprocess.run([sys.executable, str(timeline), "--task", "digits", "--clients", "3",
+                           "--samples", "40", "--rounds", "4", "--warmup", "1",
+                           "--set", "virtual-nodes=1", "clients-per-call=3"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = re.findall(r"^\| (\d) \| ([^\n]+) \|$", proc.stdout, flags=re.M)
+    assert [int(r) for r, _ in lines] == [2, 3]  # rounds warmup+1 .. rounds-1
+    for _, cells in lines:
+        total, before, to_start, span, busy, to_replies, after = cells.split(" | ")
+        parts = [float(total), float(before), float(to_start), float(span),
+                 float(to_replies), float(after)]
+        assert all(v >= 0 for v in parts)
+        # the parts of a round add up to it (each rounded to 1 ms)
+        assert sum(parts[1:]) == pytest.approx(parts[0], abs=0.006)
+        assert len(busy.split(", ")) == 1  # one worker served the packed call

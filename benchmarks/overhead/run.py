@@ -326,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra run-config keys for (b) only (e.g. a stateful method)")
     ap.add_argument("--probe", action="store_true",
                     help="(b): record worker niceness, threads and Context sizes per call")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure every size this many times, (a) then (b) each time, and "
+                         "summarise the ratios (this machine drifts between runs)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: sizes 2,3, 3 rounds, 1 warm-up, 40 samples")
     args = ap.parse_args(argv)
@@ -336,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [f for f in floors if f not in FLOORS]
     if bad or not floors:
         ap.error(f"--floors: unknown {bad}; valid: {', '.join(FLOORS)}")
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
     if args.warmup < 1 or args.rounds < args.warmup + 2:
         ap.error("need --warmup >= 1 (round 1 of (b) has no start stamp) and --rounds >= "
                  "--warmup + 2 (the last round of (b) evaluates)")
@@ -352,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedpers-overhead-") as tmp:
         probe_path = Path(tmp) / "probe.jsonl"
         os.environ[PROBE_ENV] = str(probe_path)
-        for n in sizes:
+        for rep, n in ((r, n) for r in range(1, args.repeat + 1) for n in sizes):
             base = {"task": args.task, "num-clients": n, "fraction-train": 1.0,
                     "num-server-rounds": args.rounds, "local-epochs": args.epochs,
                     "partition": "iid", "max-samples-per-client": args.samples,
@@ -368,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   args.cpus, args.probe)
             fed_s = _mean_after(fl_times[:-1], args.warmup - 1)
             drv_s = _mean_after(fl_cpu[:-1], args.warmup - 1)
-            rows.append((n, floor_s, fed_s, drv_s))
-            print(f"[{n} clients] floor {floor_s} s/round, fedpers {fed_s:.4g} s/round "
+            rows.append((n, rep, floor_s, fed_s, drv_s))
+            print(f"[{n} clients, run {rep}] floor {floor_s} s/round, fedpers {fed_s:.4g} s/round "
                   f"(driver CPU {drv_s:.3g} s/round), fedpers run {total:.1f} s in all",
                   flush=True)
         probe = _summarise_probe(probe_path) if args.probe else ""
@@ -389,13 +394,23 @@ def main(argv: list[str] | None = None) -> int:
         print(probe)
     head = " | ".join(f"(a) {m} s/round" for m in floors)
     ratios = " | ".join(f"(b)/(a) {m}" for m in floors)
-    print(f"\n| clients per round | {head} | (b) fedpers s/round | {ratios} "
+    run_col = " run |" if args.repeat > 1 else ""
+    print(f"\n| clients per round |{run_col} {head} | (b) fedpers s/round | {ratios} "
           f"| (b) driver CPU s/round | driver ms per client |")
-    print("|---:|" + "---:|" * (2 * len(floors) + 3))
-    for n, floor_s, fed_s, drv_s in rows:
+    print("|---:|" + "---:|" * (2 * len(floors) + 3 + (args.repeat > 1)))
+    for n, rep, floor_s, fed_s, drv_s in sorted(rows, key=lambda r: (sizes.index(r[0]), r[1])):
         cells = " | ".join(f"{floor_s[m]:.4g}" for m in floors)
         rat = " | ".join(f"{fed_s / floor_s[m]:.2f}" for m in floors)
-        print(f"| {n} | {cells} | {fed_s:.4g} | {rat} | {drv_s:.3g} | {1e3 * drv_s / n:.1f} |")
+        run = f" {rep} |" if args.repeat > 1 else ""
+        print(f"| {n} |{run} {cells} | {fed_s:.4g} | {rat} | {drv_s:.3g} | "
+              f"{1e3 * drv_s / n:.1f} |")
+    if args.repeat > 1:
+        print()
+        for n in sizes:
+            for m in floors:
+                got = [fed_s / floor_s[m] for k, _, floor_s, fed_s, _ in rows if k == n]
+                print(f"{n} clients per round, (b)/(a) {m} over {len(got)} runs: mean "
+                      f"{sum(got) / len(got):.2f}, min {min(got):.2f}, max {max(got):.2f}")
     return 0
 
 
