@@ -51,7 +51,13 @@ from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.devices import reported_profile
 from fedpers.heap import freeze_once
 from fedpers.privacy import clip_update
-from fedpers.training import anomaly_scores, derive_seed, evaluate, resolve_device
+from fedpers.training import (
+    anomaly_scores,
+    derive_seed,
+    evaluate,
+    resolve_device,
+    seed_torch,
+)
 from fedpers.virtual import virtual_client_mod
 from strategies import STRATEGIES
 
@@ -103,7 +109,7 @@ def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Modul
                       server_arrays={name: record_to_numpy(rec)
                                      for name, rec in msg.content.array_records.items()
                                      if name != "arrays"})
-    torch.manual_seed(lc.seed)
+    seed_torch(lc.seed)
     model = task.build_model(fed.input_shape, fed.num_classes)
     incoming = _incoming(msg, cfg, model)
     missing = set(incoming) - set(model.state_dict())
