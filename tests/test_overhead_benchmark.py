@@ -98,13 +98,16 @@ def test_cpu_clock_reads_cpu_seconds_between_samples():
 
 @pytest.mark.slow
 def test_repeated_packed_run_summarises_each_size_and_the_timeline_runs():
-    """--repeat with packed calls (clients-per-call) in (b); then timeline.py, which
+    """--repeat with packed calls (--pack: clients-per-call) in (b); then timeline.py, which
     stamps every call and client of a packed run."""
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--task", "digits",
                            "--sizes", "3", "--floors", "procs", "--repeat", "2",
-                           "--set", "virtual-nodes=1", "clients-per-call=3"],
+                           "--pack", "--cpus", "2"],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(b) packed: virtual-nodes = --cpus" in proc.stdout
+    # 2 SuperNodes serve the 3 clients: one message each per round (2 + 1 clients)
+    assert "virtual clients: 2 SuperNode(s) serve 3 clients" in proc.stderr + proc.stdout
     rows = re.findall(r"^\| 3 \| (\d) \| ([^\n]+) \|$", proc.stdout, flags=re.M)
     assert [int(r) for r, _ in rows] == [1, 2]
     ratios = [float(cells.split(" | ")[2]) for _, cells in rows]

@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="first rounds left out")
     ap.add_argument("--epochs", type=int, default=1, help="local epochs")
     ap.add_argument("--samples", type=int, default=250,
-                    help="max-samples-per-client (80%% of them train)")
+                    help="max-samples-per-client (80%% of them train); 0: no cap, the "
+                         "whole training set is spread over the clients")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1,
                     help="cores for both (a) and (b)")
     ap.add_argument("--task", default="fmnist")
@@ -326,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra run-config keys for (b) only (e.g. a stateful method)")
     ap.add_argument("--probe", action="store_true",
                     help="(b): record worker niceness, threads and Context sizes per call")
+    ap.add_argument("--pack", action="store_true",
+                    help="(b) sends one message per Ray worker and round: virtual-nodes = "
+                         "--cpus, clients-per-call = the size / --cpus, rounded up")
     ap.add_argument("--repeat", type=int, default=1,
                     help="measure every size this many times, (a) then (b) each time, and "
                          "summarise the ratios (this machine drifts between runs)")
@@ -369,8 +373,10 @@ def main(argv: list[str] | None = None) -> int:
             for mode in floors:
                 times = run_floor(cfg, mode, args.cpus)
                 floor_s[mode] = _mean_after(times[:-1], args.warmup)
-            fl_times, total, fl_cpu = run_fedpers(parse_run_config({**base, **extra}),
-                                                  args.cpus, args.probe)
+            packed = ({"virtual-nodes": min(args.cpus, n),
+                       "clients-per-call": -(-n // min(args.cpus, n))} if args.pack else {})
+            fl_times, total, fl_cpu = run_fedpers(
+                parse_run_config({**base, **packed, **extra}), args.cpus, args.probe)
             fed_s = _mean_after(fl_times[:-1], args.warmup - 1)
             drv_s = _mean_after(fl_cpu[:-1], args.warmup - 1)
             rows.append((n, rep, floor_s, fed_s, drv_s))
@@ -389,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.python_version()}; task {args.task}, iid, {train_rows} train rows per "
           f"client, {args.epochs} local epoch(s), batch {cfg.batch_size}, lr {cfg.lr}, "
           f"momentum {cfg.momentum}; {args.rounds} rounds, timed rounds "
-          f"{args.warmup + 1}-{args.rounds - 1}; (b) extra keys: {extra or 'none'}")
+          f"{args.warmup + 1}-{args.rounds - 1}; (b) extra keys: {extra or 'none'}"
+          + ("; (b) packed: virtual-nodes = --cpus, clients-per-call = size / --cpus"
+             if args.pack else ""))
     if probe:
         print(probe)
     head = " | ".join(f"(a) {m} s/round" for m in floors)
