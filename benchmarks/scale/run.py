@@ -126,7 +126,10 @@ def size_config(n: int, args: argparse.Namespace, tmp: str) -> dict:
            "tracking-uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "scale",
            "client-state-dir": f"{tmp}/client-state", **parse_set_args(args.set)}
     per_round = max(clients_per_round(parse_run_config(raw)))
-    raw["virtual-nodes"] = 0 if args.one_node_per_client else per_round
+    if args.one_node_per_client:
+        raw["virtual-nodes"] = 0
+    elif "virtual-nodes" not in parse_set_args(args.set):  # --set may choose fewer
+        raw["virtual-nodes"] = per_round
     return raw
 
 
@@ -168,7 +171,7 @@ def measure(n: int, args: argparse.Namespace, tmp: str) -> dict:
                            f"{len(stamps)}")
     gaps = [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
     timed = gaps[args.warmup - 1:-1]  # the gap into round r is gaps[r - 2]
-    return {"n": n, "per_round": raw["virtual-nodes"] or max(1, round(args.fraction * n)),
+    return {"n": n, "per_round": clients_per_round(parse_run_config(raw))[0],
             "virtual_nodes": raw["virtual-nodes"], "startup_s": stamps[0] - t0,
             "round_s": statistics.mean(timed), "total_s": total, "peak": sampler.peak,
             "driver_peak": sampler.driver_peak, "procs": sampler.max_procs,
@@ -239,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"round {row['trained']}", flush=True)
     import torch
 
-    mode = "one SuperNode per client" if args.one_node_per_client else \
-        "virtual-nodes = clients per round"
+    mode = ("one SuperNode per client" if args.one_node_per_client
+            else "virtual-nodes from --set" if "virtual-nodes" in parse_set_args(args.set)
+            else "virtual-nodes = clients per round")
     method = ", ".join(f"{k}={v}" for k, v in STATEFUL.items())
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')} {platform.node()}: {os.cpu_count()} CPUs, "
           f"--cpus {args.cpus}; torch {torch.__version__}, Python "
