@@ -53,3 +53,17 @@ def test_quick_run_prints_a_row_per_size():
         startup, per_round, peak = (float(x) for x in row[3:])
         assert startup > per_round > 0 and peak > 0.1  # GiB: torch alone is more
     assert "virtual clients: 1 SuperNode(s) serve 50 clients" in res.stdout
+
+
+def test_size_config_uses_one_node_per_round_client_unless_set(tmp_path):
+    import argparse
+
+    run = load_script(SCRIPT, "scale_run")
+    args = argparse.Namespace(task="digits", fraction=0.01, rounds=6, samples=50,
+                              one_node_per_client=False, set=[])
+    assert run.size_config(10_000, args, str(tmp_path))["virtual-nodes"] == 100
+    args.set = ["virtual-nodes=2", "clients-per-call=50"]
+    raw = run.size_config(10_000, args, str(tmp_path))
+    assert (raw["virtual-nodes"], raw["clients-per-call"]) == (2, 50)
+    args.one_node_per_client = True
+    assert run.size_config(10_000, args, str(tmp_path))["virtual-nodes"] == 0
