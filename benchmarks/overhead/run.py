@@ -387,9 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     # what the clients really hold (the cap binds only below the data set's share)
     from fedpers.data import DataSpec, load_federated
 
-    held = [c.num_train for c in load_federated(DataSpec.from_config(cfg)).clients]
-    train_rows = (f"{sum(held) / len(held):.0f} (at {cfg.num_clients} clients: "
-                  f"{min(held)}-{max(held)})")
+    def held_rows(n: int) -> str:
+        held = [c.num_train for c in load_federated(DataSpec.from_config(
+            cfg.replace(**{"num-clients": n}))).clients]
+        return f"{sum(held) / len(held):.0f} (at {n} clients: {min(held)}-{max(held)})"
+
+    train_rows = ", ".join(held_rows(n) for n in sizes)
     print(f"\n{platform.node()}: {os.cpu_count()} CPUs seen, --cpus {args.cpus}; torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads in this process), Python "
           f"{platform.python_version()}; task {args.task}, iid, {train_rows} train rows per "
