@@ -43,24 +43,21 @@ def to_array(arr: np.ndarray) -> Array:
     key = (arr.dtype, tuple(arr.shape), fortran)
     header = _headers.get(key)
     body = arr.tobytes(order="F" if fortran else "C")
-    if header is None:
+    if header is not None:
+        data = header + body
+    else:  # np.save as Array(arr) does; its header is kept when the data follows it
         buffer = io.BytesIO()
         np.save(buffer, arr, allow_pickle=False)
         data = buffer.getvalue()
-        if not data.endswith(body):  # not the layout assumed here: Flower's way
-            return Array(arr)
-        if len(_headers) < _CACHE_LIMIT:
+        if data.endswith(body) and len(_headers) < _CACHE_LIMIT:
             _headers[key] = data[:len(data) - len(body)]
-        return Array(dtype=str(arr.dtype), shape=tuple(arr.shape), stype=SType.NUMPY,
-                     data=data)
-    return Array(dtype=str(arr.dtype), shape=tuple(arr.shape), stype=SType.NUMPY,
-                 data=header + body)
+    return Array(dtype=str(arr.dtype), shape=tuple(arr.shape), stype=SType.NUMPY, data=data)
 
 
 def _layout(data: bytes) -> tuple[int, tuple[np.dtype, tuple[int, ...], bool]] | None:
     """(where the data starts, its layout) from a .npy header, or None for anything but
     a well-formed version 1.0 / 2.0 header of a plain non-empty dtype."""
-    if data[:6] != _MAGIC or len(data) < 12:
+    if data[:6] != _MAGIC or len(data) < 12 or data[7] != 0:
         return None
     major = data[6]
     if major == 1:
@@ -81,7 +78,7 @@ def _layout(data: bytes) -> tuple[int, tuple[np.dtype, tuple[int, ...], bool]] |
             shape, fortran, dtype = read(fp)
         except Exception:  # noqa: BLE001 - Flower's np.load says what is wrong
             return None
-        if not _plain(dtype) or int(np.prod(shape)) == 0 or data[7] != 0:
+        if not _plain(dtype) or int(np.prod(shape)) == 0:
             return None
         layout = (dtype, tuple(shape), bool(fortran))
         if len(_layouts) < _CACHE_LIMIT:

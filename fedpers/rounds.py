@@ -14,7 +14,7 @@ import numpy as np
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedpers.arrays import to_array_record, to_numpy
+from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.codecs.base import Codec, CodecError
 from fedpers.codecs.update import decode_update
 
@@ -178,7 +178,7 @@ def check_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: C
     metrics = _metrics(reply)
     record = content.array_records[models[0]]
     try:
-        payload = {k: to_numpy(a) for k, a in record.items()}
+        payload = record_to_numpy(record)
     except Exception as exc:  # noqa: BLE001 - undeserialisable arrays
         raise RejectedReply(f"cannot read arrays: {type(exc).__name__}: {exc}",
                             "codec") from exc
@@ -238,7 +238,7 @@ def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
         if name not in records:
             raise RejectedReply(f"missing ArrayRecord {name!r}")
         try:
-            arrays = {k: to_numpy(a) for k, a in records[name].items()}
+            arrays = record_to_numpy(records[name])
             if codec is not None and codec.lossy:  # an update against zero
                 arrays = decode_update(codec, arrays,
                                        {k: np.zeros_like(v) for k, v in reference.items()})

@@ -6,11 +6,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
-
-from fedpers.arrays import record_to_numpy
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -61,10 +58,6 @@ def reply_keys(replies: Sequence[Message], record: str = "arrays") -> list[str]:
         if msg.has_content() and record in msg.content.array_records:
             return list(msg.content.array_records[record].keys())
     return []
-
-
-def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return record_to_numpy(record)
 
 
 class SharedPart:

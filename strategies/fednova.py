@@ -27,9 +27,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAvg
 
-from fedpers.arrays import to_array_record
+from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.training import effective_steps
-from strategies.base import TAKE_ALL, StrategySpec, to_numpy
+from strategies.base import TAKE_ALL, StrategySpec
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -58,7 +58,7 @@ class FedNova(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.current = to_numpy(arrays)
+        self.current = record_to_numpy(arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -77,7 +77,7 @@ class FedNova(FedAvg):
                                        f"training reply, got {steps!r}")
             weights.append(float(m[self.weighted_by_key]))
             norms.append(effective_steps(int(steps), self.momentum))
-            models.append(to_numpy(msg.content[self.arrayrecord_key]))
+            models.append(record_to_numpy(msg.content[self.arrayrecord_key]))
         p = np.asarray(weights) / sum(weights)
         tau_eff = float(np.dot(p, norms))
         x = self.current

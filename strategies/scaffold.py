@@ -26,8 +26,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedpers.arrays import to_array_record
-from strategies.base import TAKE_ALL, StrategySpec, to_numpy
+from fedpers.arrays import record_to_numpy, to_array_record
+from strategies.base import TAKE_ALL, StrategySpec
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -60,7 +60,7 @@ class Scaffold(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.current = to_numpy(arrays)
+        self.current = record_to_numpy(arrays)
         if self.control is None:  # until replies show which names are shared: every float
             self.control = {k: np.zeros_like(v) for k, v in self.current.items()
                             if v.dtype.kind == "f"}
@@ -76,14 +76,14 @@ class Scaffold(FedAvg):
         replies = [r for r in replies if not r.has_error()]
         deltas = []
         for msg in replies:
-            deltas.append(to_numpy(msg.content.array_records[CONTROL]))
+            deltas.append(record_to_numpy(msg.content.array_records[CONTROL]))
             msg.content = RecordDict({k: v for k, v in msg.content.items() if k != CONTROL})
         averaged, metrics = super().aggregate_train(server_round, replies)
         if averaged is None or self.current is None or self.control is None:
             return averaged, metrics
         x = self.current
         new_x = {k: (x[k] + self.server_lr * (y - x[k])).astype(x[k].dtype, copy=False)
-                 for k, y in to_numpy(averaged).items()}
+                 for k, y in record_to_numpy(averaged).items()}
         names = [k for k in deltas[0] if k in self.control and all(k in d for d in deltas)]
         self.control = {k: (self.control[k] + sum(d[k] for d in deltas) / self.num_clients)
                         .astype(self.control[k].dtype, copy=False) for k in names}
