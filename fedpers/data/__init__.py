@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 
-from fedpers.data.base import ClientData, DataSpec, FederatedData, Task
+from fedpers.data.base import ClientData, DataError, DataSpec, FederatedData, Task
 from fedpers.data.digits import DigitsTask
 from fedpers.data.fmnist import FmnistBNTask, FmnistTask
 from fedpers.data.fmnist_ad import FmnistAdTask
@@ -53,10 +53,22 @@ def load_federated(spec: DataSpec) -> FederatedData:
 
     The same spec gives byte-identical arrays in any process. The result is
     shared between callers: treat its arrays as read-only.
+
+    Raises
+    ------
+    DataError
+        For missing or unreadable files, values no model can use, or a split the
+        data cannot give (what the tasks raise as ``ValueError`` or ``OSError``);
+        the message names the file or the run-config key.
     """
     task = get_task(spec.task)
     start = time.perf_counter()
-    data = task.load(spec)
+    try:
+        data = task.load(spec)
+    except DataError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise DataError(str(exc)) from exc
     if len(data.clients) != spec.num_clients:
         raise RuntimeError(f"task {spec.task!r} built {len(data.clients)} clients, "
                            f"expected {spec.num_clients}")
@@ -69,6 +81,7 @@ def load_federated(spec: DataSpec) -> FederatedData:
 __all__ = [
     "TASKS",
     "ClientData",
+    "DataError",
     "DataSpec",
     "FederatedData",
     "Task",

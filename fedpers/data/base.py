@@ -13,6 +13,12 @@ import numpy as np
 Kind = Literal["classification", "anomaly"]
 
 
+class DataError(ValueError):
+    """The data a run config points at cannot be used: a file is unreadable or holds
+    values no model can train on. The message names the file (and the array, row or
+    label) and says what is wrong."""
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """The run-config keys that decide which data each client holds."""
