@@ -34,8 +34,8 @@ import argparse
 import csv
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from scipy import stats
 
@@ -114,8 +114,7 @@ FIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class Welch:
+class Welch(NamedTuple):
     """Welch interval of ``mean_a - mean_b``, in the units of the inputs.
 
     Attributes
