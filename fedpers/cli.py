@@ -121,12 +121,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from fedpers.detect import Detector, read_input, write_output
 
-    detector = Detector.from_run(args.run, args.tracking_uri or "")
+    detector = Detector.from_run(args.run, args.tracking_uri or "", client=args.client,
+                                 model_dir=args.model_dir or "")
     scores, flags = detector.score(read_input(args.input))
     out = Path(args.output) if args.output else Path(args.input).with_suffix(".scores.csv")
     write_output(out, scores, flags)
     print(f"{len(scores)} rows scored, {int(flags.sum())} flagged as anomalies "
-          f"(threshold {detector.threshold:.6g}); written to {out}")
+          f"({detector.source}, threshold {detector.threshold:.6g}); written to {out}")
     return 0
 
 
@@ -245,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--input", required=True, help="rows to score (.csv or .npy)")
     det.add_argument("--output", help="CSV to write (default INPUT.scores.csv)")
     det.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
+    det.add_argument("--client", type=int, metavar="ID",
+                     help="score with this client's own detector (its personalised model "
+                          "and threshold; the run needs client-model-dir)")
+    det.add_argument("--model-dir", metavar="DIR",
+                     help="with --client: the folder a device kept its detector in, instead "
+                          "of the run's client-model-dir")
     det.set_defaults(fn=cmd_detect)
 
     bench = sub.add_parser("bench", help="run (or resume) every variant x seed of a benchmark")

@@ -16,7 +16,9 @@ Message contract (what the ServerApp sends and expects back):
   test part (``accuracy``/``loss``; anomaly tasks also ``auroc``, ``auprc``,
   ``f1``, ``threshold`` and ``num-val``, and ``f1-global-threshold``, the F1 at
   the server's threshold, when its config carries ``global-threshold``). The
-  client's own model is the personaliser's ``eval_model``.
+  client's own model is the personaliser's ``eval_model``. With ``client-model-dir``
+  an anomaly client also keeps that model and its threshold on its own disk
+  (``fedpers.client_detector``), for ``fedpers detect --client``.
 - ``query.save_state`` / ``query.load_state`` / ``query.drop_state`` (checkpoint and
   resume, ``fedpers.client_state``): in ``ConfigRecord`` "config" ``state-key``,
   ``server-round`` (and ``keep-round`` to save, ``sha256`` to load); the client
@@ -41,7 +43,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import LOCAL_UPDATES, PERSONALIZERS, LocalContext
-from fedpers import client_state
+from fedpers import client_detector, client_state
 from fedpers import metrics as fm
 from fedpers.arrays import record_to_numpy
 from fedpers.attacks import attackers, poison_labels, poison_update
@@ -197,7 +199,40 @@ def evaluate_local(msg: Message, context: Context) -> Message:
                 data.y_test, scores, float(global_threshold))["f1"]
     out.update(evaluate(model, data.x_test, data.y_test, kind=lc.kind, device=lc.device,
                         threshold=threshold))
+    if threshold is not None:
+        keep_detector(context, lc, model, threshold)
     return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)
+
+
+def keep_detector(context: Context, lc: LocalContext, model: torch.nn.Module,
+                  threshold: float) -> None:
+    """With ``client-model-dir`` (run or node config), write the detector this client
+    just evaluated with, and its own threshold, to its disk (``fedpers.client_detector``).
+
+    A failed write is logged and the evaluation's metrics still go back: the run's
+    results do not depend on it.
+    """
+    cfg = lc.cfg
+    root = client_detector.detector_root(context.node_config, cfg.client_model_dir)
+    if root is None:
+        return
+    fed = load_federated(DataSpec.from_config(cfg))
+    meta = {"task": cfg.task, "kind": lc.kind, "input_shape": list(fed.input_shape),
+            "num_classes": fed.num_classes, "threshold": float(threshold),
+            "threshold_percentile": cfg.threshold_percentile,
+            "num_val": int(len(lc.data.x_val)), "personalization": cfg.personalization,
+            "partition_id": lc.partition_id, "server_round": lc.server_round,
+            "mlflow_run_id": cfg.mlflow_run_id}
+    try:
+        key = client_detector.run_key(cfg.mlflow_run_id, context.run_id)
+        folder = client_detector.client_folder(root, key, lc.partition_id)
+        client_detector.save_detector(folder, model.state_dict(), {**meta, "run_key": key})
+    except (OSError, client_detector.ClientDetectorError) as exc:
+        logger.warning("client %d: its detector was not saved under %s (%s: %s)",
+                       lc.partition_id, root, type(exc).__name__, exc)
+        return
+    logger.debug("client %d: detector of round %d saved in %s", lc.partition_id,
+                 lc.server_round, folder)
 
 
 def query(msg: Message, context: Context) -> Message:

@@ -72,6 +72,12 @@ def _qsgd_levels(v: Any) -> str | None:
     return None if 1 <= v <= 32767 else "must be in 1..32767"
 
 
+def _absolute_dir(v: Any) -> str | None:
+    if v == "" or Path(str(v)).expanduser().is_absolute():
+        return None
+    return "must be an absolute path (or '' for off): clients run in other processes"
+
+
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in choices else f"must be one of {', '.join(choices)}"
@@ -138,6 +144,11 @@ class RunConfig:
                                 doc="fmnist-ad: labels that count as anomalies")
     threshold_percentile: float = _key("threshold-percentile", 95.0, _percentile,
                                        doc="anomaly threshold: percentile of normal errors")
+    client_model_dir: str = _key(
+        "client-model-dir", "", _absolute_dir, hashed_when_set=True,
+        doc="anomaly tasks: absolute folder where each client keeps the detector it "
+            "evaluated with (personal model + own threshold) for fedpers detect --client "
+            "('' = off; a SuperNode's node config key of the same name wins)")
     device: str = _key("device", "auto", _one_of(DEVICES))
     tracking_uri: str = _key("tracking-uri", "",
                              doc="MLflow store ('' = $MLFLOW_TRACKING_URI or ./mlflow.db)")
@@ -384,11 +395,15 @@ def parse_run_config(raw: Mapping[str, Any], check_names: bool = True) -> RunCon
     cfg = RunConfig(**values)
     _check_combination(cfg)
     if check_names:  # issue 8: combinations that need the strategy and task registries
+        from fedpers.data import TASKS
         from fedpers.privacy import check_dp_config
         from fedpers.robust import check_robust_config
 
         check_robust_config(cfg)
         check_dp_config(cfg)  # issue 8: differential privacy
+        if cfg.client_model_dir and TASKS[cfg.task].kind != "anomaly":
+            raise ConfigError(f"run-config key 'client-model-dir' keeps each client's anomaly "
+                              f"detector; task {cfg.task!r} is not an anomaly task")
     return cfg
 
 
