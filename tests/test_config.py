@@ -104,8 +104,8 @@ def test_replace_validates_and_digest_tracks_results_keys():
 
 
 def test_a_key_hashed_when_set_keeps_old_digests_at_its_default():
-    """finetune-lr and feature-shift came after recorded sweeps: at their defaults (0)
-    they are not in the digest, so those runs keep theirs; set, they are."""
+    """finetune-lr, feature-shift and client-model-dir came after recorded sweeps: at
+    their defaults they are not in the digest, so those runs keep theirs; set, they are."""
     import hashlib
     import json
 
@@ -113,7 +113,7 @@ def test_a_key_hashed_when_set_keeps_old_digests_at_its_default():
     legacy = {k: v for k, v in cfg.to_dict().items()
               if k not in ("tracking-uri", "experiment", "mlflow-run-id", "virtual-nodes",
                            "clients-per-call",
-                           "finetune-lr", "feature-shift")}
+                           "finetune-lr", "feature-shift", "client-model-dir")}
     assert cfg.digest() == hashlib.sha256(
         json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.replace(**{"finetune-lr": 0.005}).digest() != cfg.digest()
