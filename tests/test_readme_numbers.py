@@ -11,7 +11,16 @@ The rule, per ``benchmarks/NAME/README.md``:
   ``22.0 (2/3)``): each is checked on its own. Text (``not reached``, ``-``) has none.
 - **Where**: the benchmark's committed ``report/`` folder: ``*.md``, ``*.csv`` and
   ``*.csv.gz`` files (``summary.md``, ``summary.csv``, ``reference.csv``, ``welch.csv``,
-  ``comparison.md``, ...). Every number in them is a source value ``v``.
+  ``comparison.md``, ...). Every number in them is a source value ``v``, filed under
+  the variant whose row it is in (a CSV's ``variant`` column; the first cell of a
+  Markdown table row, when that names a variant) or, outside any variant's row (prose,
+  other files), under no variant.
+- **Same row**: a README row is labelled by its first cell, up to `` (`` (so
+  ``topk-q8-ef (1%)`` is ``topk-q8-ef``). A number in it may come from the rows of the
+  variant named by the label, or of ``LABEL-SUFFIX`` where ``SUFFIX`` is a run of whole
+  words of the column header (``local`` under ``a0.1 mean`` is ``local-a0.1``; ``mean``
+  under ``sign-flip 10%`` is ``mean-sign-flip-10``), or from numbers under no variant.
+  So a number copied from another variant's row fails.
 - **Match**: a printed number with ``d`` decimals matches when some ``v``, ``100 v``
   (accuracy points from a fraction), ``v / 1e6`` (MB from bytes) or ``1 / v`` (a ratio
   printed the other way round, "fp32 ÷ this") rounds to it at ``d`` decimals (half a unit
@@ -96,10 +105,15 @@ def results_tables(readme: str) -> list[tuple[int, list[str], list[tuple[int, li
     m = _RESULTS_HEADING.search(readme)
     if m is None:
         raise ValueError("README has no '## Results' heading: its results tables cannot be found")
-    first_line = readme[: m.start()].count("\n") + 1
-    lines = readme.splitlines()
+    return _tables(readme.splitlines(), readme[: m.start()].count("\n") + 1)
+
+
+def _tables(
+    lines: list[str], first: int
+) -> list[tuple[int, list[str], list[tuple[int, list[str]]]]]:
+    """Markdown tables in ``lines[first:]``: (header line, header cells, [(line, cells)])."""
     tables = []
-    i = first_line
+    i = first
     while i < len(lines):
         if (
             lines[i].lstrip().startswith("|")
@@ -123,26 +137,87 @@ def _numbers_in_text(text: str) -> list[float]:
     return [float(t.replace(",", "")) for t in _NUMBER.findall(_normalise(text))]
 
 
-def report_values(report_dir: Path) -> np.ndarray:
+@dataclass(frozen=True)
+class ReportNumbers:
+    """The numbers of one report folder.
+
+    Attributes
+    ----------
+    rows : dict[str, np.ndarray]
+        Per variant, every number in a row naming it.
+    loose : np.ndarray
+        Numbers in no variant's row.
+    whole : frozenset[int]
+        Every whole number anywhere (for ``k/n`` markers).
+    """
+
+    rows: dict[str, np.ndarray]
+    loose: np.ndarray
+    whole: frozenset[int]
+
+
+def _cell_numbers(cell: str) -> list[float]:
+    try:
+        return [float(cell)]
+    except ValueError:
+        return _numbers_in_text(cell)
+
+
+def report_numbers(report_dir: Path) -> ReportNumbers:
     """Every number in a report folder's ``*.md``, ``*.csv`` and ``*.csv.gz`` files."""
-    values: list[float] = []
+    texts: dict[Path, str] = {}
     for path in sorted(report_dir.iterdir()):
         if path.name.endswith(".csv.gz"):
-            text = gzip.decompress(path.read_bytes()).decode()
+            texts[path] = gzip.decompress(path.read_bytes()).decode()
         elif path.suffix in (".csv", ".md"):
-            text = path.read_text()
-        else:
+            texts[path] = path.read_text()
+    rows: dict[str, list[float]] = {}
+    loose: list[float] = []
+    csvs = {p: list(csv.reader(io.StringIO(t))) for p, t in texts.items() if p.suffix != ".md"}
+    variants = {r[h.index("variant")] for h, *body in csvs.values() if "variant" in h for r in body}
+    for table in csvs.values():
+        header, body = table[0], table[1:]
+        col = header.index("variant") if "variant" in header else None
+        for row in body:
+            nums = [v for cell in row for v in _cell_numbers(cell)]
+            if col is not None:
+                rows.setdefault(row[col], []).extend(nums)
+            else:
+                loose.extend(nums)
+    for path, text in texts.items():
+        if path.suffix != ".md":
             continue
-        if path.suffix == ".md":
-            values.extend(_numbers_in_text(text))
-            continue
-        for row in csv.reader(io.StringIO(text)):
-            for cell in row:
-                try:
-                    values.append(float(cell))
-                except ValueError:
-                    values.extend(_numbers_in_text(cell))
-    return np.array([v for v in values if np.isfinite(v)], dtype=float)
+        lines = text.splitlines()
+        in_rows: set[int] = set()
+        for _, _, body in _tables(lines, 0):
+            for line, cells in body:
+                in_rows.add(line - 1)
+                key = _normalise(cells[0]).strip()
+                nums = [v for cell in cells[1:] for v in _numbers_in_text(cell)]
+                (rows.setdefault(key, []) if key in variants else loose).extend(nums)
+        loose.extend(
+            v for i, ln in enumerate(lines) if i not in in_rows for v in _numbers_in_text(ln)
+        )
+
+    def finite(values: list[float]) -> np.ndarray:
+        return np.array([v for v in values if np.isfinite(v)], dtype=float)
+
+    every = [v for vs in rows.values() for v in vs] + loose
+    whole = frozenset(int(v) for v in every if np.isfinite(v) and v == int(v))
+    return ReportNumbers({k: finite(v) for k, v in rows.items()}, finite(loose), whole)
+
+
+def row_variants(label: str, header: str, variants: list[str]) -> list[str]:
+    """The variants a README cell's numbers may come from (see the module docstring)."""
+    name = _normalise(label).split(" (")[0].strip()
+    words = (
+        "-" + re.sub(r"[^\w.]+", "-", _normalise(header).lower().replace("%", "")).strip("-") + "-"
+    )
+    return [
+        v
+        for v in variants
+        if v == name or (v.startswith(name + "-") and f"-{v[len(name) + 1 :]}-" in words)
+    ]
 
 
 def candidates(values: np.ndarray) -> np.ndarray:
@@ -167,9 +242,8 @@ def check_readme(readme_path: Path, report_dir: Path) -> list[Unmatched]:
     """
     if not report_dir.is_dir():
         raise ValueError(f"{report_dir}: no report folder to check {readme_path.name} against")
-    values = report_values(report_dir)
-    pool = candidates(values)
-    whole = values[values == np.round(values)]
+    numbers = report_numbers(report_dir)
+    variants = sorted(numbers.rows)
     unmatched = []
     for _, header, body in results_tables(readme_path.read_text()):
         for line, cells in body:
@@ -180,11 +254,16 @@ def check_readme(readme_path: Path, report_dir: Path) -> list[Unmatched]:
                 text = _normalise(cell)
                 for k, n in _KN.findall(text):
                     if not (
-                        int(k) <= int(n) and np.any(whole == int(k)) and np.any(whole == int(n))
+                        int(k) <= int(n) and int(k) in numbers.whole and int(n) in numbers.whole
                     ):
                         unmatched.append(Unmatched(line, cells[0], name, f"{k}/{n}"))
                 text = _KN.sub(" ", text)
-                for token in _NUMBER.findall(text):
+                tokens = _NUMBER.findall(text)
+                if not tokens:
+                    continue
+                own = [numbers.rows[v] for v in row_variants(cells[0], name, variants)]
+                pool = candidates(np.concatenate([numbers.loose, *own]))
+                for token in tokens:
                     if not _matches(token, pool):
                         unmatched.append(Unmatched(line, cells[0], name, token))
     return unmatched
@@ -255,7 +334,7 @@ def _fake(tmp_path: Path, rows: str, before: str = "") -> tuple[Path, Path]:
     return readme, report
 
 
-_GOOD_ROW = "| **q8** 2026 | 7 | 0.7257 ± 0.0057 | +12.88 | 9.78 | 3.9x | 2/3 |"
+_GOOD_ROW = "| **q8** (2026) | 7 | 0.7257 ± 0.0057 | +12.88 | 9.78 | 3.9x | 2/3 |"
 
 
 def test_checker_accepts_numbers_from_the_report(tmp_path: Path) -> None:
@@ -283,10 +362,24 @@ def test_checker_rejects_a_made_up_number(tmp_path: Path, row: str, bad: str) ->
     assert [u.text for u in check_readme(readme, report)] == [bad]
 
 
+def test_checker_takes_a_rows_numbers_from_its_own_variant(tmp_path: Path) -> None:
+    # fp32's accuracy and MB are in the report, but not in q8's rows
+    readme, report = _fake(tmp_path, "| q8 | 3 | 0.5969 ± 0.0057 | +12.88 | 38.25 | 3.9 | 2/3 |")
+    assert [u.text for u in check_readme(readme, report)] == ["0.5969", "38.25"]
+    # a label is a variant, or a variant's prefix completed by words of the column header
+    assert row_variants("local (x)", "a0.1 mean", ["local-a0.1", "local-a0.5", "none-a0.1"]) == [
+        "local-a0.1"
+    ]
+    assert row_variants("mean", "sign-flip 10%", ["mean-sign-flip-10", "mean-clean"]) == [
+        "mean-sign-flip-10"
+    ]
+    assert row_variants("q8", "Δ vs ref (points)", ["q8", "q8-ef"]) == ["q8"]
+
+
 def test_checker_ignores_tables_before_results_and_the_first_column(tmp_path: Path) -> None:
     before = "## Expected\n\n| codec | bytes |\n|---|---:|\n| q8 | 48,640 |\n"
     readme, report = _fake(
-        tmp_path, "| q8 99.99 | 3 | 0.7257 | +12.88 | 9.78 | 3.9 | 2/3 |", before
+        tmp_path, "| q8 (99.99) | 3 | 0.7257 | +12.88 | 9.78 | 3.9 | 2/3 |", before
     )
     assert check_readme(readme, report) == []
     readme.write_text(readme.read_text() + "\n| a | b |\n|---|---|\n| x | 5.55 |\n")
