@@ -244,6 +244,7 @@ def check_readme(readme_path: Path, report_dir: Path) -> list[Unmatched]:
         raise ValueError(f"{report_dir}: no report folder to check {readme_path.name} against")
     numbers = report_numbers(report_dir)
     variants = sorted(numbers.rows)
+    pools: dict[tuple[str, ...], np.ndarray] = {}
     unmatched = []
     for _, header, body in results_tables(readme_path.read_text()):
         for line, cells in body:
@@ -261,8 +262,11 @@ def check_readme(readme_path: Path, report_dir: Path) -> list[Unmatched]:
                 tokens = _NUMBER.findall(text)
                 if not tokens:
                     continue
-                own = [numbers.rows[v] for v in row_variants(cells[0], name, variants)]
-                pool = candidates(np.concatenate([numbers.loose, *own]))
+                key = tuple(row_variants(cells[0], name, variants))
+                if key not in pools:
+                    own = [numbers.rows[v] for v in key]
+                    pools[key] = candidates(np.concatenate([numbers.loose, *own]))
+                pool = pools[key]
                 for token in tokens:
                     if not _matches(token, pool):
                         unmatched.append(Unmatched(line, cells[0], name, token))
