@@ -12,13 +12,15 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
+from clients import PERSONALIZERS
 from fedpers import client_detector as cd
 from fedpers.cli import main
-from fedpers.client_app import client_config, evaluate_local
+from fedpers.client_app import client_config, evaluate_local, train
 from fedpers.config import ConfigError, parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.detect import DetectError, Detector
 from fedpers.training import anomaly_scores
+from strategies import STRATEGIES
 
 CFG = {"task": "shuttle-ad", "num-clients": 3, "partition": "iid",
        "max-samples-per-client": 300, "batch-size": 32, "personalization": "finetune",
@@ -112,6 +114,38 @@ def test_evaluation_keeps_the_model_and_threshold_it_used(tmp_path):
     assert not np.allclose(anomaly_scores(sent, data.x_test, torch.device("cpu")), scores)
     meta, _ = cd.load_detector(tmp_path / RUN / "client-1")
     assert (meta["num_val"], meta["run_key"]) == (reply["num-val"], RUN)
+
+
+class _OneNode:
+    def get_node_ids(self) -> list[int]:
+        return [5]
+
+
+@pytest.mark.usefixtures("task_identity")
+@pytest.mark.parametrize("name", sorted(set(PERSONALIZERS) - {"fedbn"}))  # fedbn: no norm
+def test_every_personaliser_keeps_the_model_it_evaluates_with(name, tmp_path):
+    """After a round of training (which fills each method's private state) the saved
+    detector is the personaliser's ``eval_model``: its mean error on the client's test
+    part is the loss the client reported, and its threshold the one it reported."""
+    run_cfg = parse_run_config({**CFG, "personalization": name,
+                                "client-model-dir": str(tmp_path)}).to_dict()
+    ctx = _context(run_cfg)
+    cfg = client_config(ctx)
+    arrays = {k: v.numpy().copy() for k, v in _model(0).state_dict().items()}
+    record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    (msg,) = STRATEGIES[cfg.strategy].build(cfg).configure_train(1, record, ConfigRecord(),
+                                                                 _OneNode())
+    train(msg, ctx)
+    reply = _evaluate(ctx, arrays, rnd=1)
+    det = Detector.from_run(RUN, client=1, model_dir=str(tmp_path))
+    data = load_federated(DataSpec.from_config(cfg)).clients[1]
+    scores = anomaly_scores(det.model, data.x_test, torch.device("cpu"))
+    assert scores.mean() == pytest.approx(reply["loss"], rel=1e-6)
+    assert det.threshold == reply["threshold"]
+    # every method but "none" evaluates (and so keeps) weights other than those it was sent
+    sent = np.concatenate([v.ravel() for v in arrays.values()])
+    kept = np.concatenate([v.numpy().ravel() for v in det.model.state_dict().values()])
+    assert np.allclose(kept, sent) == (name == "none")
 
 
 @pytest.mark.usefixtures("task_identity")
