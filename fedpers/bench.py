@@ -431,7 +431,7 @@ def _open_parent(bench: Benchmark, runs: tuple[PlannedRun, ...], digest: str, qu
                  experiment: str, uri: str) -> tuple[Any, str, str]:
     from fedpers.tracking import Tracker, ensure_experiment, resolve_tracking_uri
 
-    client = Tracker.connect(uri)
+    client = Tracker.connect(uri, create=True)
     exp_id = ensure_experiment(client, resolve_tracking_uri(uri), experiment)
     parent = find_parent(client, exp_id, bench.name, digest)
     if parent is not None:

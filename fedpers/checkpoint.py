@@ -15,9 +15,15 @@ draw (selection, batches, codec noise, the clock) comes from a generator seeded 
 Crash safety: each checkpoint is a new file, never an overwrite, and carries a
 SHA-256 of its content in its header; older checkpoints are deleted only after the
 new one is stored, and resume takes the newest that verifies, so a crash mid-write
-leaves the previous checkpoint usable. File layout: ``MAGIC``, 32 bytes of SHA-256
-of the payload, the payload: an ``.npz`` archive (no pickles) whose ``meta`` entry
-is the JSON metadata and whose other entries are the arrays.
+leaves the previous checkpoint usable. A checkpoint that cannot be deleted (the
+store failed meanwhile) is reported and deleted at the next save; checkpoints sent
+late, after a tracking outage, are pruned once they are stored. A store that fails
+while the checkpoints are listed or read raises
+:class:`~fedpers.tracking.TrackingError`: it is never taken for "no checkpoint".
+
+File layout: ``MAGIC``, 32 bytes of SHA-256 of the payload, the payload: an ``.npz``
+archive (no pickles) whose ``meta`` entry is the JSON metadata and whose other
+entries are the arrays.
 """
 
 from __future__ import annotations
@@ -180,6 +186,67 @@ def check_compatible(saved: Mapping[str, Any], cfg: RunConfig) -> None:
 
 
 # ------------------------------------------------------------------ the store
+def list_rounds(client: Any, run_id: str, tracking_uri: str) -> list[int]:
+    """Rounds with a checkpoint file in run ``run_id`` (verified or not), oldest first.
+
+    A run without checkpoints lists none; a store that fails raises
+    :class:`~fedpers.tracking.TrackingError` naming it and the cause.
+    """
+    try:
+        infos = client.list_artifacts(run_id, FOLDER)
+    except Exception as exc:
+        raise _store_error(f"cannot list the checkpoints of MLflow run {run_id}",
+                           tracking_uri, exc) from exc
+    found = (_NAME.match(Path(i.path).name) for i in infos if not i.is_dir)
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def prune(client: Any, run_id: str, tracking_uri: str, keep: int = KEEP) -> list[int]:
+    """Delete all but the newest ``keep`` checkpoints of run ``run_id``.
+
+    Never raises: a checkpoint that cannot be listed or deleted is logged as a
+    warning and stays for the next prune (each save prunes). Returns the rounds
+    still kept beyond ``keep``.
+    """
+    from fedpers.tracking import TrackingError
+
+    try:
+        old = list_rounds(client, run_id, tracking_uri)[:-keep]
+        artifact_uri = client.get_run(run_id).info.artifact_uri if old else ""
+    except Exception as exc:  # noqa: BLE001 - pruning never stops training
+        text = str(exc) if isinstance(exc, TrackingError) else f"{type(exc).__name__}: {exc}"
+        logger.warning("old checkpoints of MLflow run %s not pruned (%s); tried again at the "
+                       "next checkpoint", run_id, text)
+        return []
+    left = []
+    for rnd in old:
+        try:
+            from mlflow.store.artifact.artifact_repository_registry import (
+                get_artifact_repository,
+            )
+
+            get_artifact_repository(artifact_uri).delete_artifacts(f"{FOLDER}/{file_name(rnd)}")
+        except Exception as exc:  # noqa: BLE001 - e.g. an artifact store that cannot delete
+            left.append(rnd)
+            logger.warning("old checkpoint of round %d of MLflow run %s not deleted from %s "
+                           "(%s: %s); tried again at the next checkpoint", rnd, run_id,
+                           artifact_uri, type(exc).__name__, _short(exc))
+    return left
+
+
+def _store_error(what: str, tracking_uri: str, exc: BaseException) -> Exception:
+    from fedpers.tracking import TrackingError
+
+    return TrackingError(f"{what}: the MLflow store at {tracking_uri} failed "
+                         f"({type(exc).__name__}: {_short(exc)})")
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class CheckpointStore:
     """The checkpoints of one MLflow run (its ``checkpoints/`` artifact folder)."""
 
@@ -187,54 +254,62 @@ class CheckpointStore:
         self.tracker = tracker
 
     def rounds(self) -> list[int]:
-        """Rounds with a checkpoint file (verified or not), oldest first."""
-        try:
-            infos = self.tracker.client.list_artifacts(self.tracker.run_id, FOLDER)
-        except Exception as exc:  # noqa: BLE001 - an empty or missing folder
-            logger.debug("no checkpoints listed: %s", exc)
-            return []
-        found = (_NAME.match(Path(i.path).name) for i in infos if not i.is_dir)
-        return sorted(int(m.group(1)) for m in found if m)
+        """Rounds with a checkpoint file (verified or not), oldest first; raises
+        :class:`~fedpers.tracking.TrackingError` when the store fails."""
+        return list_rounds(self.tracker.client, self.tracker.run_id,
+                           self.tracker.tracking_uri)
 
     def save(self, ckpt: Checkpoint) -> None:
-        """Store ``ckpt`` as a new artifact, then delete all but the newest ``KEEP``."""
+        """Store ``ckpt`` as a new artifact, then delete all but the newest ``KEEP``.
+
+        While the store is away the file is queued; the checkpoints are pruned once
+        the queue has gone through (:meth:`prune`).
+        """
         with tempfile.TemporaryDirectory(prefix="fedpers-ckpt-") as tmp:
             path = Path(tmp) / file_name(ckpt.round)
             path.write_bytes(encode(ckpt))
             self.tracker.log_file(path, FOLDER)
         if self.tracker.buffering:
-            return  # the store is away: the file is queued, nothing to prune yet
+            # the store is away: prune when the queued files are stored
+            self.tracker.outbox.when_sent(self.prune)
+            return
+        self.prune()
+
+    def prune(self) -> None:
+        """Delete all but the newest ``KEEP`` checkpoints; failures are warnings, and
+        what is left is deleted at the next save."""
         with self.tracker.quick_requests():  # a store that just went away costs seconds
-            for old in self.rounds()[:-KEEP]:
-                self._delete(old)
-
-    def _delete(self, server_round: int) -> None:
-        """Best effort: not every artifact store can delete."""
-        try:
-            from mlflow.store.artifact.artifact_repository_registry import (
-                get_artifact_repository,
-            )
-
-            uri = self.tracker.client.get_run(self.tracker.run_id).info.artifact_uri
-            get_artifact_repository(uri).delete_artifacts(f"{FOLDER}/{file_name(server_round)}")
-        except Exception as exc:  # noqa: BLE001
-            logger.debug("old checkpoint of round %d not deleted: %s", server_round, exc)
+            prune(self.tracker.client, self.tracker.run_id, self.tracker.tracking_uri)
 
     def load(self, server_round: int) -> Checkpoint:
+        """The checkpoint of ``server_round``: :class:`CheckpointError` when the file
+        is torn or corrupt, :class:`~fedpers.tracking.TrackingError` when the store
+        fails."""
         with tempfile.TemporaryDirectory(prefix="fedpers-ckpt-") as tmp:
-            local = self.tracker.client.download_artifacts(
-                self.tracker.run_id, f"{FOLDER}/{file_name(server_round)}", tmp)
-            ckpt = decode(Path(local).read_bytes())
+            try:
+                local = self.tracker.client.download_artifacts(
+                    self.tracker.run_id, f"{FOLDER}/{file_name(server_round)}", tmp)
+                blob = Path(local).read_bytes()
+            except Exception as exc:
+                raise _store_error(f"cannot read the checkpoint of round {server_round} of "
+                                   f"MLflow run {self.tracker.run_id}",
+                                   self.tracker.tracking_uri, exc) from exc
+        ckpt = decode(blob)
         if ckpt.round != server_round:
             raise CheckpointError(f"file of round {server_round} holds round {ckpt.round}")
         return ckpt
 
     def latest(self) -> Checkpoint | None:
-        """The newest checkpoint that verifies (``None`` when there is none)."""
+        """The newest checkpoint that verifies (``None`` when there is none).
+
+        A torn or corrupt file is skipped for the one before; a store that fails
+        raises :class:`~fedpers.tracking.TrackingError`.
+        """
         for rnd in reversed(self.rounds()):
             try:
                 ckpt = self.load(rnd)
-            except Exception as exc:  # noqa: BLE001 - a torn or unreadable file
+            except (CheckpointError, ValueError, KeyError, OSError) as exc:
+                # a torn or corrupt file (decode's own checks, or numpy's on the payload)
                 logger.warning("checkpoint of round %d is unusable (%s); trying the one "
                                "before", rnd, exc)
                 continue

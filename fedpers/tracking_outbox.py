@@ -287,6 +287,7 @@ class Outbox:
         self._journal: Path | None = None
         self.sent_late = 0  # records sent after being queued
         self.fallback_path: Path | None = None
+        self._when_sent: list[Callable[[], None]] = []
         _live.add(self)
 
     # ------------------------------------------------------------ state
@@ -346,6 +347,18 @@ class Outbox:
             logger.error("cannot journal a tracking record in %s (%s); it is lost if the "
                          "process dies before the store is back", self.spool_dir, exc)
 
+    def when_sent(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once everything queued now has been sent (at once when
+        nothing is queued). It runs in the thread whose write emptied the queue; an
+        error it raises is logged. Registering the same callback twice calls it once;
+        records that end in the fallback file do not call it."""
+        with self._lock:
+            if self._queue:
+                if callback not in self._when_sent:
+                    self._when_sent.append(callback)
+                return
+        _call_quietly(callback)
+
     def flush(self) -> bool:
         """Try once to send everything queued; ``True`` when the queue is empty."""
         with self._lock:
@@ -396,6 +409,9 @@ class Outbox:
         self._down_since = None
         self._attempts = 0
         self._next_try = 0.0
+        callbacks, self._when_sent = self._when_sent, []
+        for callback in callbacks:
+            _call_quietly(callback)
         return True
 
     def _went_down(self, exc: BaseException) -> None:
@@ -504,8 +520,17 @@ class Outbox:
             path, self._journal = self._journal, None
             self._queue.clear()
             self._failed.clear()
+            self._when_sent.clear()
             self.fallback_path = path
             return path
+
+
+def _call_quietly(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception as exc:  # noqa: BLE001 - a follow-up never stops the writes
+        logger.warning("%r failed after the buffered tracking records were sent: %s: %s",
+                       callback, type(exc).__name__, _short(exc))
 
 
 def live_journals() -> set[Path]:
@@ -599,8 +624,11 @@ def replay(path: str | Path, tracking_uri: str | None = None,
     A replayed file is deleted with its spooled artifacts. A record the store
     refuses (HTTP 4xx) is logged, moved to ``refused.jsonl`` and skipped; at a
     transient failure the replay stops with :class:`~fedpers.tracking.TrackingError`
-    and the file keeps the unsent records, so running it again resumes.
+    and the file keeps the unsent records, so running it again resumes. A run that
+    got checkpoints (``checkpoints/`` artifacts) keeps only the newest ones, as if
+    they had been saved during the run (:func:`fedpers.checkpoint.prune`).
     """
+    from fedpers.checkpoint import FOLDER as CHECKPOINTS
     from fedpers.tracking import Tracker, TrackingError
 
     connect = client_for or Tracker.connect
@@ -608,6 +636,7 @@ def replay(path: str | Path, tracking_uri: str | None = None,
     sent: dict[tuple[str, str], int] = {}
     refused = 0
     clients: dict[str, Any] = {}
+    with_checkpoints: set[tuple[str, str]] = set()
     for file in files:
         lines = read_fallback(file)
         for i, line in enumerate(lines):
@@ -638,8 +667,16 @@ def replay(path: str | Path, tracking_uri: str | None = None,
                     f"file") from exc
             key = (uri, line["run_id"])
             sent[key] = sent.get(key, 0) + 1
+            if record.op == "artifact" and record.data.get("artifact_path") == CHECKPOINTS:
+                with_checkpoints.add(key)
         _remove(file, [record_of(line, file.parent) for line in lines])
         logger.info("replayed %d records from %s", len(lines), file)
+    if with_checkpoints:
+        from fedpers.checkpoint import prune
+
+        for uri, run_id in sorted(with_checkpoints):
+            with http_limits(0, DEFAULT_REQUEST_TIMEOUT):
+                prune(clients[uri], run_id, uri)
     return ReplayResult(sent=sent, files=tuple(files), refused=refused)
 
 

@@ -232,9 +232,11 @@ def test_store_keeps_the_newest_two_and_skips_a_torn_one(tracking_uri, caplog, m
 
 
 def test_resume_errors_are_clear(tracking_uri):
-    with pytest.raises(TrackingError, match="'nope' not found"):
+    with pytest.raises(TrackingError, match="no MLflow store at .*does not exist"):
         resume_config(tracking_uri, "nope")
     tracker = Tracker.start(tracking_uri, "ckpt")
+    with pytest.raises(TrackingError, match="'nope' not found"):
+        resume_config(tracking_uri, "nope")
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         resume_config(tracking_uri, tracker.run_id)
     tracker.finish("FINISHED")
@@ -246,8 +248,10 @@ def test_cli_resume_refuses_unknown_and_finished_runs(tracking_uri, capsys):
     from fedpers.cli import main
 
     assert main(["run", "--resume", "0" * 32, "--tracking-uri", tracking_uri]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
     tracker = Tracker.start(tracking_uri, "ckpt")
+    assert main(["run", "--resume", "0" * 32, "--tracking-uri", tracking_uri]) == 2
+    assert "not found" in capsys.readouterr().err
     tracker.finish("FINISHED")
     assert main(["run", "--resume", tracker.run_id, "--tracking-uri", tracking_uri]) == 2
     assert "nothing to resume" in capsys.readouterr().err
