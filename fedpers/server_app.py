@@ -51,6 +51,7 @@ from fedpers.compression import UploadStats, encode_broadcast
 from fedpers.config import ConfigError, RunConfig, clients_per_round, parse_run_config
 from fedpers.data import TASKS, DataSpec, FederatedData, load_federated
 from fedpers.heap import frozen_heap
+from fedpers.interrupt import RunInterrupted, StoppableGrid, check, note_interrupted
 from fedpers.participation import Participation
 from fedpers.privacy import build_privacy
 from fedpers.robust import STEPS, RobustLayer
@@ -81,6 +82,9 @@ SEED_DOWN = 13  # stochastic rounding of the compressed broadcast (codec-down)
 # Clients' first reply includes process start-up and data loading: give the handshake
 # at least this long even when round-timeout is short.
 MIN_HANDSHAKE_TIMEOUT = 120.0
+# a run fails after this many rounds in a row in which every client the round sent
+# work to failed or timed out (see Experiment.run)
+MAX_FAILED_ROUNDS = 3
 
 
 def _ensure_logging() -> None:
@@ -98,6 +102,10 @@ class RoundLog:
 
     metrics: dict[str, float] = field(default_factory=dict)
     client_rows: list[dict[str, Any]] = field(default_factory=list)
+    # the round updated the global model (at least min-train-clients valid updates)
+    aggregated: bool = False
+    # the round sent work to clients and every one of them failed or timed out
+    all_failed: bool = False
 
 
 def _fmt_bytes(n: float) -> str:
@@ -158,6 +166,8 @@ class Experiment:
         # metrics of the rounds since the newest checkpoint: a checkpoint carries them,
         # so that a resumed run logs any a crash (or a tracking outage) lost
         self.unsaved_metrics: dict[int, dict[str, float]] = {}
+        self.failed_rounds = 0  # rounds in a row in which every client failed
+        self.done_round = 0  # the last round logged (or replayed)
 
     # ------------------------------------------------------------ one round
     def _send(self, messages: list[Message], count_up: bool = True,
@@ -240,6 +250,7 @@ class Experiment:
         out.metrics.update(upload.metrics())
         out.metrics.update(part.metrics())
         part.note_trained((c.partition_id, c.metrics) for c, _ in valid)
+        out.all_failed = bool(to_send) and failed == len(to_send)
         if len(valid) < cfg.min_train_clients:
             logger.warning("round %d: only %d valid updates (min-train-clients = %d); the "
                            "global model is not updated", rnd, len(valid),
@@ -262,6 +273,7 @@ class Experiment:
                              for c, _ in valid if "train-loss" in c.metrics)
         if loss is not None:
             out.metrics["train/loss"] = loss
+        out.aggregated = True
 
     def evaluate_round(self, rnd: int, out: RoundLog) -> None:
         cfg = self.cfg
@@ -315,6 +327,20 @@ class Experiment:
 
     # ------------------------------------------------------------ the run
     def run(self) -> None:
+        """The whole run; on a stop request (``fedpers.interrupt``) the round in
+        progress is dropped and :class:`RunInterrupted` says what is kept."""
+        try:
+            self._run()
+        except RunInterrupted as exc:
+            exc.run_id = self.tracker.run_id
+            exc.last_round = self.done_round
+            exc.checkpoint_round = max(self.saved_round,
+                                       self.resume.round if self.resume is not None else 0)
+            logger.warning("%s: the round in progress is dropped (the newest checkpoint is "
+                           "round %d)", exc, exc.checkpoint_round)
+            raise
+
+    def _run(self) -> None:
         cfg = self.cfg
         _ensure_logging()
         if isinstance(self.grid, VirtualGrid):  # issue 9: no handshake, see _virtual_roster
@@ -335,37 +361,65 @@ class Experiment:
         self._restore()
         # rounds replayed after a crash whose metrics were already logged: not again
         logged = self._relog_missing() if self.resume is not None else set()
+        self.done_round = self.start_round
         for rnd in range(self.start_round + 1, cfg.num_server_rounds + 1):
-            t0 = time.perf_counter()
-            out = RoundLog()
-            self.bytes.start_round()
-            self.train_round(rnd, out)
-            if self.privacy is not None:  # issue 8: the budget spent, this round included
-                out.metrics.update(self.privacy.metrics(
-                    self.aggregated + int(out.metrics.get("clients/trained", 0)
-                                          >= cfg.min_train_clients)))
-            if rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
-                self.evaluate_round(rnd, out)
-                self.evaluate_global(out)
-                self.last_clients = out.client_rows or self.last_clients
-            out.metrics.update(self.bytes.metrics())
-            if rnd not in logged:
-                self.tracker.log_metrics(out.metrics, step=rnd)
-            else:
-                self._check_replay(rnd, out.metrics)
-            self.unsaved_metrics[rnd] = dict(out.metrics)
-            self._progress(rnd, out.metrics, time.perf_counter() - t0)
-            self.aggregated += int(out.metrics.get("clients/trained", 0)
-                                   >= cfg.min_train_clients)
-            if cfg.checkpoint_every and rnd % cfg.checkpoint_every == 0 \
-                    and rnd < cfg.num_server_rounds:
-                self._checkpoint(rnd)
+            check(f"before round {rnd}")
+            self._round(rnd, logged)
         self._log_artifacts()
         if cfg.checkpoint_every or self.resume is not None:
             self._client_states(client_state.DROP, self.roster.partitions(), lambda p: {})
         if self.aggregated == 0:
             raise RuntimeError(f"no round aggregated any client update ({cfg.num_server_rounds} "
                                f"rounds); every round's metrics are logged, the run is FAILED")
+
+    def _round(self, rnd: int, logged: set[int]) -> None:
+        """One round: train, evaluate, log, checkpoint.
+
+        A round in which no client trained (no valid update: every client failed, timed
+        out, was rejected or dropped out) changed no model, the global one nor any
+        client's: it is not evaluated, and logs only what it cost and who took part
+        (``clients/*``, ``comm/*``, ``fairness/*``, the simulated clock), never
+        ``eval/*`` or ``train/*``. (A round with valid updates, but fewer than
+        ``min-train-clients``, keeps the global model too, yet is evaluated: clients
+        that trained may have changed their own models.) After ``MAX_FAILED_ROUNDS``
+        rounds in a row in which every client the round sent work to failed or timed out
+        (errors, ``round-timeout``), the run fails with a ``RuntimeError``.
+        """
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        out = RoundLog()
+        self.bytes.start_round()
+        self.train_round(rnd, out)
+        if self.privacy is not None:  # issue 8: the budget spent, this round included
+            out.metrics.update(self.privacy.metrics(self.aggregated + int(out.aggregated)))
+        trained = out.metrics.get("clients/trained", 0) > 0
+        if trained and (rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds):
+            self.evaluate_round(rnd, out)
+            self.evaluate_global(out)
+            self.last_clients = out.client_rows or self.last_clients
+        out.metrics.update(self.bytes.metrics())
+        check(f"in round {rnd}")  # a stop request drops the round: nothing logged
+        if rnd not in logged:
+            self.tracker.log_metrics(out.metrics, step=rnd)
+        else:
+            self._check_replay(rnd, out.metrics)
+        self.unsaved_metrics[rnd] = dict(out.metrics)
+        self.done_round = rnd
+        self._progress(rnd, out.metrics, time.perf_counter() - t0)
+        self.aggregated += int(out.aggregated)
+        self.failed_rounds = self.failed_rounds + 1 if out.all_failed else 0
+        if self.failed_rounds >= MAX_FAILED_ROUNDS:
+            raise RuntimeError(
+                f"rounds {rnd - self.failed_rounds + 1}-{rnd}: every client failed or timed "
+                f"out (round-timeout = {cfg.round_timeout:g} s), {self.failed_rounds} rounds "
+                f"in a row; the run is FAILED ("
+                + (f"fix the clients, then resume it from its checkpoint of round "
+                   f"{self.saved_round}: fedpers run --resume {self.tracker.run_id})"
+                   if self.saved_round else "and has no checkpoint to resume from)"))
+        if cfg.checkpoint_every and rnd % cfg.checkpoint_every == 0 \
+                and rnd < cfg.num_server_rounds:
+            check(f"before the checkpoint of round {rnd}")
+            self._checkpoint(rnd)
 
     def _virtual_roster(self) -> list[int]:
         """``virtual-nodes``: every client is in the roster from the start, with the
@@ -415,6 +469,11 @@ class Experiment:
                 logger.warning("client %d: malformed reply to the state checkpoint", pid)
                 continue
             clients[str(pid)] = {"sha256": str(info["sha256"]), "bytes": int(info["bytes"])}
+        if not clients and self.roster.partitions():
+            # (a client with no state still saves, and answers, an empty one)
+            logger.warning("round %d: no client saved its state; no checkpoint (the newest "
+                           "is still round %d)", rnd, self.saved_round)
+            return
         try:
             self.checkpoints.save(self._snapshot(rnd, clients))
         except Exception as exc:  # noqa: BLE001 - training goes on without it
@@ -507,10 +566,16 @@ class Experiment:
 
     def _check_replay(self, rnd: int, metrics: dict[str, float]) -> None:
         """A round recomputed after a resume: the run already holds its metrics; they
-        are not logged again, and must equal what was logged (runs are deterministic)."""
+        are not logged again, and must equal what was logged (runs are deterministic).
+        A round in which no client trained before, and some do now, is logged again."""
         before = self.checkpoints.logged_metrics(rnd, sorted(metrics))
         differ = sorted(k for k, v in metrics.items() if k in before and before[k] != v)
-        if differ:
+        if before.get("clients/trained") == 0 and metrics.get("clients/trained", 0) > 0:
+            # no client trained in it before (they failed): what they did now counts
+            logger.info("round %d: no client trained in it before the interruption; "
+                        "logged again with this replay's metrics", rnd)
+            self.tracker.log_metrics(metrics, step=rnd)
+        elif differ:
             logger.warning("round %d: replayed with metrics that differ from those logged "
                            "before the interruption (%s); is this the same software and "
                            "hardware?", rnd, ", ".join(differ))
@@ -588,7 +653,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
-    tune_simulation_grid(grid)
+    grid = tune_simulation_grid(grid)
     tracker = open_tracker(cfg)
     try:
         # a run with a checkpoint resumes from it (fedpers run --resume, or flwr run with
@@ -607,6 +672,13 @@ def main(grid: Grid, context: Context) -> None:
         # (0.3 s every few rounds otherwise, fedpers.heap)
         with threadpool_limits(limits=1, user_api="blas"), frozen_heap():
             experiment.run()
+    except RunInterrupted as exc:  # SIGINT / SIGTERM (fedpers.interrupt): resumable
+        exc.run_id = tracker.run_id
+        tracker.finish("KILLED")
+        # returned, not raised: Flower waits 3 s for the context of a ServerApp that
+        # raised before it stops; fedpers.simulation raises it in the main thread
+        note_interrupted(exc)
+        return
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -621,27 +693,35 @@ def main(grid: Grid, context: Context) -> None:
 SIMULATION_PULL_INTERVAL = 0.02
 
 
-def tune_simulation_grid(grid: Grid) -> None:
+def tune_simulation_grid(grid: Grid) -> Grid | StoppableGrid:
     """On the Simulation Engine, pull replies every ``SIMULATION_PULL_INTERVAL`` s: a
     call then ends within 20 ms of its last reply instead of up to 100 ms. (Each pull
     looks the call's message ids up in the in-memory LinkState, ~0.15 ms of the
-    driver's CPU: 10 ms between pulls cost 1.5% of a core through a whole round.)"""
+    driver's CPU: 10 ms between pulls cost 1.5% of a core through a whole round.)
+
+    Returns the grid the ServerApp uses: there, a :class:`~fedpers.interrupt.StoppableGrid`
+    that stops waiting for replies when ``fedpers run`` is interrupted (SIGINT,
+    SIGTERM: the ServerApp runs in a thread of that process); elsewhere ``grid``."""
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
     if isinstance(grid, InMemoryGrid):
         grid.pull_interval = min(grid.pull_interval, SIMULATION_PULL_INTERVAL)
+        return StoppableGrid(grid)
+    return grid
 
 
-def virtual_grid(cfg: RunConfig, grid: Grid, run_id: str) -> Grid | VirtualGrid:
+def virtual_grid(cfg: RunConfig, grid: Grid | StoppableGrid,
+                 run_id: str) -> Grid | StoppableGrid | VirtualGrid:
     """The grid the round loop uses: with ``virtual-nodes``, a :class:`VirtualGrid`
     (``fedpers.virtual``) over the Simulation Engine's few SuperNodes."""
     if not cfg.virtual_nodes:
         return grid
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    if not isinstance(grid, InMemoryGrid):
+    base = grid.inner if isinstance(grid, StoppableGrid) else grid
+    if not isinstance(base, InMemoryGrid):
         raise ConfigError(f"run-config key 'virtual-nodes' = {cfg.virtual_nodes} works on "
                           f"the Simulation Engine only (this ServerApp runs on a "
-                          f"{type(grid).__name__}); in deployment each SuperNode is one "
+                          f"{type(base).__name__}); in deployment each SuperNode is one "
                           f"client: set virtual-nodes = 0")
     return VirtualGrid(grid, cfg.num_clients, run_id, cfg.clients_per_call)

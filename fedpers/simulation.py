@@ -3,16 +3,28 @@
 This is what ``fedpers run`` and the benchmarks use. It runs the same ServerApp
 and ClientApp that ``flwr run .`` runs, with the run config resolved by fedpers
 (defaults + config file + overrides), and returns the MLflow run id.
+
+Stopping: the first SIGINT (Ctrl-C) or SIGTERM drops the round in progress, stops
+the clients and Ray, ends the MLflow run ``KILLED`` and raises
+:class:`~fedpers.interrupt.RunInterrupted` (``fedpers run`` exits with 130 / 143; the
+run resumes from its last checkpoint with ``fedpers run --resume RUN_ID``); a second
+one exits at once. Whatever kills this process, even SIGKILL, the watchdog of
+``fedpers.reaper`` stops the Ray processes it started within a second.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedpers import interrupt
 from fedpers.config import RunConfig
 from fedpers.tracking import Tracker, resolve_tracking_uri
 
@@ -138,9 +150,11 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     # Load and partition the data first (cached: the ServerApp thread reuses it), so
     # missing files or an impossible split fail before any run is recorded.
     from fedpers.data import DataSpec, load_federated
+    from fedpers.preflight import check_run
     from fedpers.server_app import app as default_server_app
 
     load_federated(DataSpec.from_config(cfg))
+    check_run(cfg, load_federated(DataSpec.from_config(cfg)))  # components fit the model
     uri = resolve_tracking_uri(cfg.tracking_uri)
     if cfg.mlflow_run_id:
         tracker = Tracker.attach(uri, cfg.mlflow_run_id)
@@ -149,23 +163,34 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     cfg = cfg.replace(**{"tracking-uri": uri, "mlflow-run-id": tracker.run_id})
     res = resources or Resources(num_cpus=num_cpus)
     gpus = client_gpu_share(cfg, res)
-    with tempfile.TemporaryDirectory(prefix="fedpers-app-") as tmp:
+    backend = backend_config(res.num_cpus, res.client_cpus, gpus, res.ray_address)
+    interrupt.reset()
+    with tempfile.TemporaryDirectory(prefix="fedpers-app-") as tmp, \
+            interrupt.SignalGuard() as guard:
         _write_app_dir(cfg, Path(tmp))
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
                           run_config=cfg.to_dict())
         try:
-            _run_simulation(
-                num_supernodes=num_supernodes(cfg),
-                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                client_app=client_app or default_client_app,
-                server_app=server_app or default_server_app,
-                backend_config=backend_config(res.num_cpus, res.client_cpus, gpus,
-                                              res.ray_address),
-                server_app_context=context,
-                app_dir=tmp,
-                is_app=True,
-                verbose_logging=verbose,
-            )
+            with ray_session(backend["init_args"]):
+                guard.install()  # ray.init put its own SIGTERM handler in place of ours
+                interrupt.check("before the simulation started")
+                _run_simulation(
+                    num_supernodes=num_supernodes(cfg),
+                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                    client_app=client_app or default_client_app,
+                    server_app=server_app or default_server_app,
+                    backend_config=backend,
+                    server_app_context=context,
+                    app_dir=tmp,
+                    is_app=True,
+                    verbose_logging=verbose,
+                )
+            stopped = interrupt.take_interrupted()
+            if stopped is not None:
+                raise stopped
+        except interrupt.RunInterrupted as exc:
+            _stopped(exc, tracker)
+            raise
         except BaseException:
             # the status the ServerApp gave the run, even if the store is down now
             if tracker.run_status() == "RUNNING":
@@ -175,3 +200,79 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     if status != "FINISHED":
         raise RuntimeError(f"the run ended with MLflow status {status}; see the log above")
     return tracker.run_id
+
+
+def _stopped(exc: interrupt.RunInterrupted, tracker: Tracker) -> None:
+    """A run stopped by a signal: ``KILLED`` (unless the ServerApp said so already),
+    and ``exc`` names the run and its newest checkpoint."""
+    from fedpers.checkpoint import CheckpointStore
+
+    exc.run_id = exc.run_id or tracker.run_id
+    if tracker.run_status() == "RUNNING":
+        tracker.finish("KILLED")
+    if not exc.checkpoint_round:  # stopped before the ServerApp knew its checkpoint
+        try:
+            exc.checkpoint_round = max(CheckpointStore(tracker).rounds(), default=0)
+        except Exception as err:  # noqa: BLE001 - the message only
+            logger.debug("checkpoints not listed: %s", err)
+
+
+@contextmanager
+def ray_session(init_args: dict) -> Iterator[None]:
+    """Ray for one run: started here, in the main thread, as Flower's Ray backend would
+    (it leaves an initialised Ray as it is), so that the caller can set its signal
+    handlers after ``ray.init``; shut down on the way out, whatever happens. A
+    watchdog (:func:`start_reaper`) kills Ray's processes should this process die
+    without shutting Ray down."""
+    import ray
+
+    reaper = start_reaper()
+    try:
+        if not ray.is_initialized():
+            args = {"include_dashboard": False, **init_args}
+            # Ray's processes inherit the environment, not this process's sys.path
+            # (what Flower's RayBackend.init_ray does too)
+            paths = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+            pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+            os.environ["PYTHONPATH"] = pythonpath
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+        yield
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        stop_reaper(reaper)
+
+
+def start_reaper() -> subprocess.Popen | None:
+    """Start the watchdog of ``fedpers.reaper`` for this process (Linux only; ``None``
+    elsewhere or if it cannot start). It runs in its own session, so that a signal to
+    this process group or terminal leaves it to clean up after the run."""
+    if not sys.platform.startswith("linux"):
+        return None
+    script = Path(__file__).with_name("reaper.py")
+    try:
+        return subprocess.Popen([sys.executable, "-I", "-S", str(script), str(os.getpid())],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError as exc:
+        logger.warning("no watchdog for Ray's processes (%s); should this process be "
+                       "killed, they may outlive it for a while", exc)
+        return None
+
+
+def stop_reaper(proc: subprocess.Popen | None) -> None:
+    """Tell the watchdog the run ended normally (it kills nothing) and wait for it."""
+    if proc is None:
+        return
+    from fedpers.reaper import DONE
+
+    try:
+        proc.stdin.write(DONE)
+        proc.stdin.close()
+    except OSError:  # it is gone already
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
