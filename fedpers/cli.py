@@ -161,16 +161,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fedpers.report import ReportError, make_report
     from fedpers.tracking import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(args.tracking_uri or "")
+    if (args.target is None) == (args.from_csv is None):
+        print("error: name an experiment or parent run id, or give --from-csv DIR "
+              "(not both)", file=sys.stderr)
+        return 2
+    uri = "" if args.from_csv else resolve_tracking_uri(args.tracking_uri or "")
     try:
         rep = make_report(args.target, out=args.out, tracking_uri=uri,
-                          target_accuracy=args.target_accuracy)
+                          target_accuracy=args.target_accuracy, reference=args.reference,
+                          last=args.last, best=args.best, from_csv=args.from_csv)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(rep.table)
     print("written: " + ", ".join(str(f) for f in rep.files))
-    print(f"open it with: mlflow ui --backend-store-uri {uri}")
+    if uri:
+        print(f"open it with: mlflow ui --backend-store-uri {uri}")
     return 0
 
 
@@ -268,12 +274,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(fn=cmd_bench)
 
     rep = sub.add_parser("report", help="tables and plots of a benchmark sweep from MLflow")
-    rep.add_argument("target", metavar="EXPERIMENT_OR_PARENT_RUN",
+    rep.add_argument("target", metavar="EXPERIMENT_OR_PARENT_RUN", nargs="?",
                      help="MLflow experiment (its latest sweep) or parent run id")
-    rep.add_argument("--out", help="output folder (default reports/<benchmark>)")
+    rep.add_argument("--out", help="output folder (default reports/<benchmark>; "
+                                   "with --from-csv, that folder)")
     rep.add_argument("--target", dest="target_accuracy", type=float,
                      help="target accuracy (default: the benchmark's target-accuracy)")
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
+    rep.add_argument("--reference", metavar="VARIANT",
+                     help="compare every other variant with this one (default: the "
+                          "benchmark's reference tables)")
+    which = rep.add_mutually_exclusive_group()
+    which.add_argument("--last", type=int, metavar="K",
+                       help="figures: mean of each run's last K evaluated rounds "
+                            "(default: the final round)")
+    which.add_argument("--best", action="store_true",
+                       help="figures: each metric's best round (optimistic)")
+    rep.add_argument("--from-csv", metavar="DIR",
+                     help="recompute the report from DIR's runs.csv, clients.csv and "
+                          "report.json (written by an earlier report), without MLflow")
     rep.set_defaults(fn=cmd_report)
 
     keys = sub.add_parser("keys", help="list every run-config key with its default")

@@ -1,27 +1,51 @@
-"""Benchmark reports read back from MLflow: one Markdown table and three plots.
+"""Benchmark reports: tables, paired comparisons, plots and the data they come from.
 
 ``fedpers report EXPERIMENT_OR_PARENT_RUN`` takes the children of a benchmark's
 parent run (the most recent parent of an experiment when given its name), groups
-the finished ones by variant (tag ``fedpers.bench.variant``, else the run name)
-and writes into ``--out``:
+the finished ones by variant (tag ``fedpers.bench.variant``, else the run name),
+pairs them by seed (tag ``fedpers.bench.seed``, else param ``seed``, else the
+``seed=N`` of the run name) and writes into ``--out``:
 
 - ``summary.md``: per variant, mean ± std over seeds (sample std, ddof=1; no ± for
-  one seed) of the final global accuracy, the final client accuracy mean and 10th
-  percentile, total bytes up and down at the last round (MB = 10^6 bytes), the
-  rounds, total bytes (up + down) and uplink bytes until the global accuracy first
-  reaches the target, and ``time/total_s`` (total and at the target) where logged.
-  "k/n" marks a target that only k of n seeds reached;
-- with a ``reference`` in the benchmark, a second table in ``summary.md`` (and
-  ``reference.csv``): each variant against its reference variant, the difference
-  of final global accuracy in points, the ratio of total uplink bytes, and the
-  rounds, uplink bytes (also as a ratio to the reference's) and simulated time until
-  the global accuracy first reaches ``reference-fraction`` x the reference's final
-  accuracy (mean over the reference's seeds);
-- ``summary.csv``: the same numbers, unrounded;
-- ``accuracy_vs_round.png``, ``accuracy_vs_uplink.png`` (log x),
-  ``client_accuracy.png`` (each client's accuracy in the last evaluation round,
-  from the children's ``client_metrics.csv``), and ``accuracy_vs_time.png`` where
-  the runs logged the simulated clock (``time/total_s``).
+  one seed) of the global accuracy, the client accuracy mean and 10th percentile
+  (anomaly tasks, i.e. runs that logged ``eval/global_auroc``: AUROC, AUPRC, F1 at
+  the global threshold, each device's AUROC and F1 at its own and at the global
+  threshold, mean and p10 over devices, then the flag accuracy), total bytes up and
+  down at the last round (MB = 10^6 bytes), the rounds, total bytes (up + down) and
+  uplink bytes until the global accuracy first reaches the target, and
+  ``time/total_s`` (total and at the target) where logged. "k/n" marks a target
+  that only k of n seeds reached. Which round the accuracies come from is stated
+  above every table: the final round (default), the mean of the last K evaluated
+  rounds (``--last K``) or each metric's best round (``--best``, optimistic);
+- with references (the benchmark's ``reference`` tables, or ``--reference VARIANT``
+  for every variant against one), a second table in ``summary.md`` (and
+  ``reference.csv``): each variant against its reference, the difference of global
+  accuracy in points, the ratio of total uplink bytes, and the rounds, uplink bytes
+  (also as a ratio to the reference's) and simulated time until the global accuracy
+  first reaches ``reference-fraction`` x the reference's accuracy (mean over seeds);
+- ``comparison.md`` and ``comparison.csv`` (columns :data:`COMPARISON_FIELDS`):
+  per variant, reference and metric, the paired difference (variant minus
+  reference) over the seeds both ran, its mean and 95% Student-t interval, the
+  paired t-test p-value; where the runs logged ``client_metrics.csv``, the Wilcoxon
+  signed-rank test of per-client differences (clients paired by id within a seed,
+  all seeds pooled; on the client-mean rows); both p-values also Holm-corrected over
+  every row of the report; and a verdict (``better``, ``worse``, ``no detectable
+  difference``, ``too few seeds`` under 3 paired seeds). The file is written, with
+  no rows, when there is no reference;
+- ``summary.csv``: the summary table's numbers, unrounded;
+- ``runs.csv`` (one row per child run and evaluated round: variant, seed, run_id,
+  round and every logged ``eval/``, ``comm/``, ``time/``, ``fairness/`` and
+  ``clients/`` metric), ``clients.csv`` (per run and client: variant, seed, run_id,
+  client and the client's metrics of the last evaluation round) and
+  ``report.json`` (the benchmark's name, variants, target accuracy, references,
+  reference fraction and task kind). CSVs over 1 MB are written as ``.csv.gz``.
+  ``fedpers report --from-csv DIR`` recomputes every other file from these three
+  alone, with no MLflow;
+- ``accuracy_vs_round.png``, ``accuracy_vs_uplink.png`` (log x) and
+  ``accuracy_vs_time.png`` (where the runs logged ``time/total_s``): mean over
+  seeds with a 95% t interval band; ``client_accuracy.png`` (each client's
+  accuracy, AUROC for anomaly tasks, in the last evaluation round, clients of all
+  seeds pooled); ``comparison.png``, a forest plot of the paired differences.
 
 The files are also logged as artifacts of the parent run under ``report/``.
 """
@@ -29,90 +53,121 @@ The files are also logged as artifacts of the parent run under ``report/``.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 import numpy as np
 
-from fedpers.bench import (
-    TAG_BENCH,
-    TAG_HASH,
-    TAG_REFERENCE_FRACTION,
-    TAG_REFERENCES,
-    TAG_RUN_NAME,
-    TAG_TARGET,
-    TAG_VARIANT,
-    TAG_VARIANTS,
-    child_runs,
+from fedpers import stats
+from fedpers.report_data import (
+    ACC,
+    ANOMALY,
+    CLIENT_ID,
+    DOWN_TOTAL,
+    TIME_TOTAL,
+    UP_TOTAL,
+    ChildRun,
+    ReportError,
+    ReportMeta,
+    read_children,
+    read_data,
+    resolve_source,
+    task_kind,
+    write_data,
 )
+from fedpers.report_plots import COMPARISON_PLOT, PLOTS, TIME_PLOT, _panels, write_plots
+
+__all__ = ["COMPARISON_FIELDS", "COMPARISON_PLOT", "PLOTS", "TIME_PLOT", "ChildRun",
+           "Comparison", "Report", "ReportError", "Selection", "_panels", "make_report"]
 
 logger = logging.getLogger(__name__)
 
-ACC = "eval/global_accuracy"
 CLIENT_MEAN = "eval/client_accuracy_mean"
 CLIENT_P10 = "eval/client_accuracy_p10"
-UP_TOTAL = "comm/bytes_up_total"
-DOWN_TOTAL = "comm/bytes_down_total"
-TIME_TOTAL = "time/total_s"
-HISTORY_KEYS = (ACC, CLIENT_MEAN, CLIENT_P10, UP_TOTAL, DOWN_TOTAL, TIME_TOTAL)
-PLOTS = ("accuracy_vs_round.png", "accuracy_vs_uplink.png", "client_accuracy.png")
-TIME_PLOT = "accuracy_vs_time.png"  # only where the runs logged the simulated clock
+UP_TO_TARGET = "comm/bytes_up_to_target"  # comparison metric: uplink bytes to the target
+#: Anomaly metrics: key -> (table label, summary.csv column)
+ANOMALY_KEYS = {
+    "eval/global_auroc": ("AUROC", "global_auroc"),
+    "eval/global_auprc": ("AUPRC", "global_auprc"),
+    "eval/global_f1": ("F1 (global thr)", "global_f1"),
+    "eval/client_auroc_mean": ("device AUROC (mean)", "client_auroc_mean"),
+    "eval/client_auroc_p10": ("device AUROC (p10)", "client_auroc_p10"),
+    "eval/client_f1_mean": ("device F1, own thr (mean)", "client_f1_mean"),
+    "eval/client_f1_p10": ("device F1, own thr (p10)", "client_f1_p10"),
+    "eval/client_f1_global_threshold_mean": ("device F1, global thr (mean)",
+                                             "client_f1_global_threshold_mean"),
+    "eval/client_f1_global_threshold_p10": ("device F1, global thr (p10)",
+                                            "client_f1_global_threshold_p10"),
+}
+#: Compared metrics: key -> (label, column of client_metrics.csv for the per-client
+#: test, or None). Per-client tests go with the client-mean rows only: the signed-rank
+#: test speaks of the typical client, not of the 10th percentile.
+COMPARED = {
+    ACC: ("global accuracy", None),
+    CLIENT_MEAN: ("client accuracy (mean)", "accuracy"),
+    CLIENT_P10: ("client accuracy (p10)", None),
+    "eval/global_auroc": ("global AUROC", None),
+    "eval/global_auprc": ("global AUPRC", None),
+    "eval/global_f1": ("global F1 (global threshold)", None),
+    "eval/client_auroc_mean": ("device AUROC (mean)", "auroc"),
+    "eval/client_auroc_p10": ("device AUROC (p10)", None),
+    "eval/client_f1_mean": ("device F1, own threshold (mean)", "f1"),
+    "eval/client_f1_p10": ("device F1, own threshold (p10)", None),
+    "eval/client_f1_global_threshold_mean": ("device F1, global threshold (mean)",
+                                             "f1-global-threshold"),
+    "eval/client_f1_global_threshold_p10": ("device F1, global threshold (p10)", None),
+}
+COMPARISON_FIELDS = ("variant", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
+                     "ci_high", "p_seeds", "p_seeds_holm", "n_clients", "p_clients",
+                     "p_clients_holm", "verdict")
 
 
-class ReportError(ValueError):
-    """Nothing to report: no such experiment or run, or no finished child runs."""
-
-
-# ---------------------------------------------------------------- data model
+# ------------------------------------------------------- which round's value
 @dataclass(frozen=True)
-class ChildRun:
-    """What the report needs from one finished child run."""
+class Selection:
+    """Which evaluated round a run's figure comes from.
 
-    run_id: str
-    variant: str
-    history: Mapping[str, tuple[tuple[int, float], ...]]
-    client_accuracy: tuple[float, ...] = ()
+    ``final`` (default): the last evaluated round; ``last=K``: the mean of the last
+    K evaluated rounds; ``best``: the metric's best value over the evaluated rounds
+    (optimistic: the round is picked on the test data itself).
+    """
 
-    def final(self, key: str) -> float | None:
-        h = self.history.get(key, ())
-        return h[-1][1] if h else None
+    last: int | None = None
+    best: bool = False
 
-    def first_reaching(self, target: float) -> tuple[int, float, float, float] | None:
-        """(round, bytes up + down, bytes up, simulated seconds) so far where global
-        accuracy first reaches ``target`` (seconds NaN when no clock was logged)."""
-        up = dict(self.history.get(UP_TOTAL, ()))
-        down = dict(self.history.get(DOWN_TOTAL, ()))
-        clock = dict(self.history.get(TIME_TOTAL, ()))
-        for step, acc in self.history.get(ACC, ()):
-            if acc >= target:
-                up_b = up.get(step, math.nan)
-                return step, up_b + down.get(step, math.nan), up_b, clock.get(step, math.nan)
-        return None
+    def __post_init__(self) -> None:
+        if self.last is not None and self.last < 1:
+            raise ReportError(f"--last must be >= 1, got {self.last}")
+        if self.last is not None and self.best:
+            raise ReportError("--last and --best exclude each other")
 
+    @property
+    def label(self) -> str:
+        if self.best:
+            return "best round (optimistic)"
+        if self.last is not None and self.last > 1:
+            return f"mean of the last {self.last} evaluated rounds"
+        return "final round"
 
-@dataclass(frozen=True)
-class Source:
-    """The parent run being reported and its benchmark settings."""
-
-    parent_run_id: str
-    experiment_id: str
-    name: str
-    variants: tuple[str, ...]
-    target: float | None
-    # variant -> the variant it is compared with
-    references: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    reference_fraction: float = 1.0
+    def value(self, run: ChildRun, key: str) -> float | None:
+        h = run.history.get(key, ())
+        if not h:
+            return None
+        if self.best:
+            return max(v for _, v in h)
+        if self.last is not None and self.last > 1:
+            return float(np.mean([v for _, v in h[-self.last:]]))
+        return h[-1][1]
 
 
+FINAL = Selection()
+
+
+# ------------------------------------------------------------------- tables
 @dataclass(frozen=True)
 class VariantRow:
     """One table row: a variant's figures over its seeds (NaN where absent)."""
@@ -130,100 +185,11 @@ class VariantRow:
     time_s: tuple[float, float]
     up_to_target: float = math.nan
     time_to_target: float = math.nan
+    # anomaly tasks: ANOMALY_KEYS key -> (mean, std)
+    anomaly: Mapping[str, tuple[float, float]] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
-# ------------------------------------------------------------------ reading
-def _looks_like_run_id(text: str) -> bool:
-    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
-
-
-def _latest_parent(client: Any, experiment_id: str, name: str) -> str:
-    parents = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_HASH}` LIKE '%'",
-                                 order_by=["attributes.start_time DESC"], max_results=2)
-    if not parents:
-        raise ReportError(f"experiment {name!r} has no benchmark parent run "
-                          f"(run `fedpers bench` first)")
-    if len(parents) > 1:
-        logger.info("experiment %r holds more than one benchmark sweep; reporting the "
-                    "latest, %s", name, parents[0].info.run_id)
-    return parents[0].info.run_id
-
-
-def resolve_source(client: Any, target: str) -> Source:
-    """A parent run from an experiment name (its latest sweep) or a parent run id."""
-    exp = client.get_experiment_by_name(target)
-    if exp is not None:
-        parent_id = _latest_parent(client, exp.experiment_id, target)
-    elif _looks_like_run_id(target):
-        parent_id = target
-    else:
-        raise ReportError(f"{target!r} is neither an MLflow experiment nor a run id")
-    try:
-        parent = client.get_run(parent_id)
-    except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
-        raise ReportError(f"MLflow run {parent_id!r} not found: {exc}") from exc
-    tags = parent.data.tags
-    variants = tuple(v for v in tags.get(TAG_VARIANTS, "").split(",") if v)
-    target_acc = float(tags[TAG_TARGET]) if tags.get(TAG_TARGET) else None
-    refs = json.loads(tags[TAG_REFERENCES]) if tags.get(TAG_REFERENCES) else {}
-    return Source(parent_id, parent.info.experiment_id,
-                  tags.get(TAG_BENCH) or tags.get(TAG_RUN_NAME) or parent_id, variants,
-                  target_acc, MappingProxyType(refs),
-                  float(tags.get(TAG_REFERENCE_FRACTION) or 1.0))
-
-
-@contextmanager
-def _no_download_bars() -> Iterator[None]:
-    """MLflow draws a progress bar per artifact download; not for one small CSV."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
-def _client_accuracy(client: Any, run_id: str) -> tuple[float, ...]:
-    names = {a.path for a in client.list_artifacts(run_id)}
-    if "client_metrics.csv" not in names:
-        return ()
-    with tempfile.TemporaryDirectory() as tmp, _no_download_bars():
-        path = client.download_artifacts(run_id, "client_metrics.csv", tmp)
-        with open(path, newline="") as fh:
-            return tuple(float(r["accuracy"]) for r in csv.DictReader(fh)
-                         if r.get("accuracy", "") != "")
-
-
-def _history(client: Any, run_id: str, keys: Sequence[str]) -> dict[str, tuple]:
-    out = {}
-    for key in keys:
-        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-        if points:
-            out[key] = tuple(points)
-    return out
-
-
-def read_children(client: Any, source: Source) -> list[ChildRun]:
-    """The finished child runs of ``source``'s parent, with their metric histories."""
-    children = []
-    for run in child_runs(client, source.experiment_id, source.parent_run_id):
-        if run.info.status != "FINISHED":
-            continue
-        tags = run.data.tags
-        variant = tags.get(TAG_VARIANT) or tags.get(TAG_RUN_NAME) or run.info.run_id
-        keys = [k for k in HISTORY_KEYS if k in run.data.metrics]
-        children.append(ChildRun(run.info.run_id, variant, _history(client, run.info.run_id, keys),
-                                 _client_accuracy(client, run.info.run_id)))
-    if not children:
-        raise ReportError(f"parent run {source.parent_run_id} has no finished child runs")
-    return children
-
-
-# ------------------------------------------------------------------- tables
 def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     if v.size == 0:
@@ -240,16 +206,17 @@ def group_by_variant(children: Sequence[ChildRun], order: Sequence[str] = ()
     return {v: runs for v, runs in groups.items() if runs}
 
 
-def summarize_variant(variant: str, runs: Sequence[ChildRun], target: float | None
-                      ) -> VariantRow:
+def summarize_variant(variant: str, runs: Sequence[ChildRun], target: float | None,
+                      selection: Selection = FINAL, anomaly: bool = False) -> VariantRow:
     """Mean (± sample std) over the seeds of one variant."""
     reached = [r.first_reaching(target) for r in runs] if target is not None else []
     hits = [h for h in reached if h is not None]
+    pick = selection.value
     return VariantRow(
         variant=variant, n=len(runs),
-        acc=_mean_std([r.final(ACC) for r in runs]),
-        client_mean=_mean_std([r.final(CLIENT_MEAN) for r in runs]),
-        client_p10=_mean_std([r.final(CLIENT_P10) for r in runs]),
+        acc=_mean_std([pick(r, ACC) for r in runs]),
+        client_mean=_mean_std([pick(r, CLIENT_MEAN) for r in runs]),
+        client_p10=_mean_std([pick(r, CLIENT_P10) for r in runs]),
         bytes_up=_mean_std([r.final(UP_TOTAL) for r in runs])[0],
         bytes_down=_mean_std([r.final(DOWN_TOTAL) for r in runs])[0],
         reached=len(hits),
@@ -258,6 +225,8 @@ def summarize_variant(variant: str, runs: Sequence[ChildRun], target: float | No
         time_s=_mean_std([r.final(TIME_TOTAL) for r in runs]),
         up_to_target=_mean_std([h[2] for h in hits])[0],
         time_to_target=_mean_std([h[3] for h in hits if not math.isnan(h[3])])[0],
+        anomaly=MappingProxyType({k: _mean_std([pick(r, k) for r in runs])
+                                  for k in ANOMALY_KEYS} if anomaly else {}),
     )
 
 
@@ -279,11 +248,26 @@ def _to_target(value: str, row: VariantRow | ReferenceRow) -> str:
     return value if row.reached == row.n else f"{value} ({row.reached}/{row.n})"
 
 
-def markdown_table(rows: Sequence[VariantRow], target: float | None) -> str:
-    """The summary table as GitHub Markdown."""
+def caption(selection: Selection, what: str = "mean ± sample std over seeds") -> str:
+    """The line above every table that says which round its figures come from."""
+    return f"Accuracy and scores at: **{selection.label}** ({what}).\n\n"
+
+
+def _anomaly_keys(rows: Sequence[VariantRow]) -> list[str]:
+    return [k for k in ANOMALY_KEYS if any(not math.isnan(r.anomaly.get(k, (math.nan,))[0])
+                                           for r in rows)]
+
+
+def markdown_table(rows: Sequence[VariantRow], target: float | None,
+                   selection: Selection = FINAL) -> str:
+    """The summary table as GitHub Markdown, under its :func:`caption`."""
     with_time = any(not math.isnan(r.time_s[0]) for r in rows)
-    head = ["variant", "seeds", "global acc", "client acc (mean)", "client acc (p10)",
-            "MB up", "MB down"]
+    anomaly = _anomaly_keys(rows)
+    if anomaly:
+        head = ["variant", "seeds", *(ANOMALY_KEYS[k][0] for k in anomaly), "flag acc"]
+    else:
+        head = ["variant", "seeds", "global acc", "client acc (mean)", "client acc (p10)"]
+    head += ["MB up", "MB down"]
     if target is not None:
         head += [f"rounds to {target:g}", f"MB to {target:g} (up+down)",
                  f"MB up to {target:g}"]
@@ -293,8 +277,13 @@ def markdown_table(rows: Sequence[VariantRow], target: float | None) -> str:
             head.append(f"time to {target:g} (s)")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        cells = [r.variant, str(r.n), _pm(r.acc, r.n), _pm(r.client_mean, r.n),
-                 _pm(r.client_p10, r.n), _mb(r.bytes_up), _mb(r.bytes_down)]
+        if anomaly:
+            cells = [r.variant, str(r.n), *(_pm(r.anomaly[k], r.n) for k in anomaly),
+                     _pm(r.acc, r.n)]
+        else:
+            cells = [r.variant, str(r.n), _pm(r.acc, r.n), _pm(r.client_mean, r.n),
+                     _pm(r.client_p10, r.n)]
+        cells += [_mb(r.bytes_up), _mb(r.bytes_down)]
         if target is not None:
             cells += [_to_target(f"{r.rounds_to_target:.1f}", r),
                       _to_target(_mb(r.bytes_to_target), r),
@@ -305,22 +294,26 @@ def markdown_table(rows: Sequence[VariantRow], target: float | None) -> str:
                 cells.append(_to_target("–" if math.isnan(r.time_to_target)
                                         else f"{r.time_to_target:.1f}", r))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return caption(selection) + "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[VariantRow], path: Path) -> None:
-    """Every figure of the table, unrounded (NaN where absent)."""
+    """Every figure of the table, unrounded (NaN where absent); anomaly tasks add a
+    mean and a std column per :data:`ANOMALY_KEYS` metric."""
+    anomaly = _anomaly_keys(rows)
     fields = ["variant", "seeds", "global_acc_mean", "global_acc_std", "client_acc_mean",
               "client_acc_mean_std", "client_acc_p10", "client_acc_p10_std", "bytes_up",
               "bytes_down", "seeds_reaching_target", "rounds_to_target", "bytes_to_target",
               "time_s_mean", "time_s_std", "up_bytes_to_target", "time_to_target_s"]
+    fields += [c for k in anomaly for c in (ANOMALY_KEYS[k][1], f"{ANOMALY_KEYS[k][1]}_std")]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(fields)
         for r in rows:
             w.writerow([r.variant, r.n, *r.acc, *r.client_mean, *r.client_p10, r.bytes_up,
                         r.bytes_down, r.reached, r.rounds_to_target, r.bytes_to_target,
-                        *r.time_s, r.up_to_target, r.time_to_target])
+                        *r.time_s, r.up_to_target, r.time_to_target,
+                        *(x for k in anomaly for x in r.anomaly[k])])
 
 
 # ---------------------------------------------------------- vs the reference
@@ -331,8 +324,8 @@ class ReferenceRow:
     variant: str
     reference: str
     n: int
-    goal: float             # reference-fraction x the reference's mean final accuracy
-    acc_delta: float        # final global accuracy minus the reference's, in points
+    goal: float             # reference-fraction x the reference's mean accuracy
+    acc_delta: float        # global accuracy minus the reference's, in points
     up_ratio: float         # total uplink bytes / the reference's
     reached: int
     rounds_to_goal: float
@@ -381,7 +374,7 @@ def _ratio(value: float) -> str:
 def reference_table(rows: Sequence[ReferenceRow], fraction: float) -> str:
     """The "against the reference" table as GitHub Markdown."""
     with_time = any(not math.isnan(r.time_to_goal) for r in rows)
-    goal = "ref final acc" if fraction == 1.0 else f"{fraction:g} x ref final acc"
+    goal = "ref acc" if fraction == 1.0 else f"{fraction:g} x ref acc"
     head = ["variant", "reference", "seeds", "Δ acc vs ref (points)", "MB up ÷ ref",
             f"goal = {goal}", "rounds to goal", "MB up to goal", "MB up to goal ÷ ref"]
     if with_time:
@@ -412,129 +405,140 @@ def write_reference_csv(rows: Sequence[ReferenceRow], path: Path) -> None:
                         r.time_to_goal, r.time_to_goal_ratio])
 
 
-# -------------------------------------------------------------------- plots
-def _mean_curve(runs: Sequence[ChildRun], key: str) -> dict[int, np.ndarray]:
-    """step -> values of ``key`` at that step over the runs that logged it."""
-    per_step: dict[int, list[float]] = {}
+# ------------------------------------------------------ paired comparisons
+@dataclass(frozen=True)
+class Comparison:
+    """One variant against its reference on one metric, paired by seed."""
+
+    variant: str
+    reference: str
+    metric: str
+    label: str
+    higher_is_better: bool
+    n_seeds: int
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    p_seeds: float
+    p_seeds_holm: float
+    n_clients: int
+    p_clients: float
+    p_clients_holm: float
+    verdict: str
+
+
+def _by_seed(runs: Sequence[ChildRun]) -> dict[int, ChildRun]:
+    """Seed -> run (runs without a seed cannot pair; a repeated seed keeps its first run)."""
+    out: dict[int, ChildRun] = {}
     for r in runs:
-        for step, value in r.history.get(key, ()):
-            per_step.setdefault(step, []).append(value)
-    return {s: np.asarray(v) for s, v in sorted(per_step.items())}
+        if r.seed is None:
+            logger.warning("run %s (%s) has no seed; left out of the paired comparisons",
+                           r.run_id, r.variant)
+        elif r.seed in out:
+            logger.warning("variant %s has seed %d twice; comparing run %s, not %s",
+                           r.variant, r.seed, out[r.seed].run_id, r.run_id)
+        else:
+            out[r.seed] = r
+    return out
 
 
-X_LABELS = {UP_TOTAL: ("cumulative uplink bytes (all clients)", True),
-            TIME_TOTAL: ("simulated time (s)", False)}
+def client_differences(mine: ChildRun, theirs: ChildRun, column: str) -> list[float]:
+    """Per-client ``column`` differences, clients paired by id (unpaired ones left out)."""
+    ref = {c[CLIENT_ID]: c[column] for c in theirs.clients if CLIENT_ID in c and column in c}
+    return [c[column] - ref[c[CLIENT_ID]] for c in mine.clients
+            if CLIENT_ID in c and column in c and c[CLIENT_ID] in ref]
 
 
-def _panels(groups: Mapping[str, Sequence[ChildRun]], references: Mapping[str, str]
-            ) -> dict[str, dict[str, Sequence[ChildRun]]]:
-    """One panel per reference group (the reference and the variants compared with
-    it) when there are several; otherwise one panel with every variant."""
-    refs = list(dict.fromkeys(references[v] for v in groups if v in references))
-    if len(refs) < 2:
-        return {"": dict(groups)}
-    panels: dict[str, dict[str, Sequence[ChildRun]]] = {
-        f"vs {ref}": {v: runs for v, runs in groups.items() if references.get(v) == ref}
-        for ref in refs}
-    rest = {v: runs for v, runs in groups.items() if v not in references}
-    if rest:
-        panels["other"] = rest
-    return panels
+def compare_paired(groups: Mapping[str, Sequence[ChildRun]], pairs: Sequence[tuple[str, str]],
+                   selection: Selection = FINAL, target: float | None = None
+                   ) -> list[Comparison]:
+    """Every (variant, reference) pair on every metric some run logged, with the
+    Holm correction over all the rows returned (p over seeds and p over clients
+    corrected separately)."""
+    logged = {k for runs in groups.values() for r in runs for k in r.history}
+    metrics: list[tuple[str, str, str | None, bool]] = [
+        (k, label, col, True) for k, (label, col) in COMPARED.items() if k in logged]
+    if target is not None and ACC in logged:
+        metrics.append((UP_TO_TARGET, f"MB up to {target:g} (lower is better)", None, False))
+    rows = []
+    for variant, reference in pairs:
+        mine, theirs = _by_seed(groups[variant]), _by_seed(groups[reference])
+        seeds = sorted(set(mine) & set(theirs))
+        for key, label, column, higher in metrics:
+            diffs, used = [], []
+            for s in seeds:
+                if key == UP_TO_TARGET:
+                    a, b = mine[s].first_reaching(target), theirs[s].first_reaching(target)
+                    va, vb = (a[2] if a else None), (b[2] if b else None)
+                else:
+                    va, vb = selection.value(mine[s], key), selection.value(theirs[s], key)
+                if va is not None and vb is not None and not (math.isnan(va) or math.isnan(vb)):
+                    diffs.append(va - vb)
+                    used.append(s)
+            t = stats.paired_t(diffs)
+            client_diffs = ([d for s in used
+                             for d in client_differences(mine[s], theirs[s], column)]
+                            if column else [])
+            rows.append(Comparison(
+                variant=variant, reference=reference, metric=key, label=label,
+                higher_is_better=higher, n_seeds=t.n, mean_diff=t.mean, ci_low=t.ci_low,
+                ci_high=t.ci_high, p_seeds=t.p, p_seeds_holm=math.nan,
+                n_clients=len(client_diffs),
+                p_clients=stats.wilcoxon_p(client_diffs), p_clients_holm=math.nan,
+                verdict=stats.verdict(t.n, t.ci_low, t.ci_high, higher)))
+    holm_seeds = stats.holm([r.p_seeds for r in rows])
+    holm_clients = stats.holm([r.p_clients for r in rows])
+    return [Comparison(**{**r.__dict__, "p_seeds_holm": hs, "p_clients_holm": hc})
+            for r, hs, hc in zip(rows, holm_seeds, holm_clients, strict=True)]
 
 
-def _draw_curves(ax: Any, groups: Mapping[str, Sequence[ChildRun]], x_key: str | None,
-                 target: float | None) -> None:
-    for variant, runs in groups.items():
-        acc = _mean_curve(runs, ACC)
-        xs_by_step = _mean_curve(runs, x_key) if x_key else {}
-        steps = [s for s in acc if x_key is None or s in xs_by_step]
-        if not steps:
-            continue
-        x = [s if x_key is None else float(xs_by_step[s].mean()) for s in steps]
-        mean = np.array([acc[s].mean() for s in steps])
-        (line,) = ax.plot(x, mean, marker="o", markersize=3,
-                          label=f"{variant} ({len(runs)} seeds, band = min–max)"
-                          if len(runs) > 1 else variant)
-        if len(runs) > 1:
-            lo = [acc[s].min() for s in steps]
-            hi = [acc[s].max() for s in steps]
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
-    if target is not None:
-        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
-    if x_key:
-        label, log_x = X_LABELS[x_key]
-        if log_x:
-            ax.set_xscale("log")
-        ax.set_xlabel(label)
-    else:
-        from matplotlib.ticker import MaxNLocator
-
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("server round")
-    ax.set_ylabel("global accuracy (mean over seeds)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7 if len(groups) > 8 else 8)
+def reference_pairs(groups: Mapping[str, Sequence[ChildRun]], references: Mapping[str, str]
+                    ) -> list[tuple[str, str]]:
+    """(variant, reference) for each variant whose reference ran, itself left out."""
+    return [(v, references[v]) for v in groups
+            if v in references and references[v] != v and references[v] in groups]
 
 
-def _plot_curves(groups: Mapping[str, Sequence[ChildRun]], x_key: str | None,
-                 target: float | None, path: Path, title: str,
-                 references: Mapping[str, str] = MappingProxyType({})) -> None:
-    import matplotlib.pyplot as plt
-
-    panels = _panels(groups, references)
-    cols = 1 if len(panels) == 1 else 2
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.5 * rows), squeeze=False,
-                             sharey=True)
-    for ax, (label, members) in zip(axes.flat, panels.items(), strict=False):
-        _draw_curves(ax, members, x_key, target)
-        ax.set_title(f"{title}, {label}" if label else title)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def write_comparison_csv(rows: Sequence[Comparison], path: Path) -> None:
+    """:data:`COMPARISON_FIELDS`, unrounded (``nan`` where not computable)."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(COMPARISON_FIELDS)
+        for r in rows:
+            w.writerow([getattr(r, f) for f in COMPARISON_FIELDS])
 
 
-def _plot_clients(groups: Mapping[str, Sequence[ChildRun]], path: Path, title: str) -> None:
-    import matplotlib.pyplot as plt
-
-    names = list(groups)
-    data = [np.concatenate([np.asarray(r.client_accuracy) for r in groups[v]] or [[]])
-            for v in names]
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(names) + 2), 4.5))
-    rng = np.random.default_rng(0)  # jitter of the dots only
-    for i, values in enumerate(data, start=1):
-        if values.size:
-            ax.boxplot(values, positions=[i], widths=0.5, showfliers=False)
-            ax.scatter(i + rng.uniform(-0.15, 0.15, values.size), values, s=8, alpha=0.5)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=20)
-    ax.set_ylabel("client accuracy, last evaluation round")
-    ax.set_title(title)
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _p(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.3g}"
 
 
-def write_plots(groups: Mapping[str, Sequence[ChildRun]], target: float | None, out: Path,
-                name: str, references: Mapping[str, str] = MappingProxyType({})
-                ) -> list[Path]:
-    """The PNGs (Agg backend): :data:`PLOTS`, and :data:`TIME_PLOT` where the runs
-    logged the simulated clock; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    paths = [out / p for p in PLOTS]
-    _plot_curves(groups, None, target, paths[0], f"{name}: accuracy per round", references)
-    _plot_curves(groups, UP_TOTAL, target, paths[1], f"{name}: accuracy vs uplink bytes",
-                 references)
-    _plot_clients(groups, paths[2], f"{name}: per-client accuracy")
-    if any(TIME_TOTAL in r.history for runs in groups.values() for r in runs):
-        paths.append(out / TIME_PLOT)
-        _plot_curves(groups, TIME_TOTAL, target, paths[-1],
-                     f"{name}: accuracy vs simulated time", references)
-    return paths
+def comparison_table(rows: Sequence[Comparison], selection: Selection = FINAL) -> str:
+    """``comparison.md``: how it was computed, then one line per comparison."""
+    text = caption(selection, "paired by seed: variant minus reference")
+    text += ("Δ = variant − reference on each seed both ran (seeds only one side ran are "
+             "left out); mean and 95% Student-t interval over those seeds; p (seeds): "
+             "paired t-test. p (clients): Wilcoxon signed-rank test of per-client "
+             "differences (clients of the last evaluation round paired by client id "
+             "within a seed, all seeds pooled), on the client-mean rows. Holm: corrected "
+             "over every row of this report, seeds and clients separately. Verdict: "
+             "better/worse when the interval excludes 0 (for bytes, lower is better), "
+             f"no detectable difference when it covers 0, too few seeds under "
+             f"{stats.MIN_SEEDS} paired seeds.\n\n")
+    if not rows:
+        return text + "No variant has a reference: nothing compared.\n"
+    head = ["variant", "reference", "metric", "seeds", "Δ mean", "95% CI", "p (seeds)",
+            "p (seeds, Holm)", "clients", "p (clients)", "p (clients, Holm)", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        scale, fmt = (1e-6, "{:+.3f}") if r.metric == UP_TO_TARGET else (1.0, "{:+.4f}")
+        mean = "–" if math.isnan(r.mean_diff) else fmt.format(r.mean_diff * scale)
+        ci = ("–" if math.isnan(r.ci_low) else
+              f"[{fmt.format(r.ci_low * scale)}, {fmt.format(r.ci_high * scale)}]")
+        lines.append("| " + " | ".join([
+            r.variant, r.reference, r.label, str(r.n_seeds), mean, ci, _p(r.p_seeds),
+            _p(r.p_seeds_holm), str(r.n_clients) if r.n_clients else "–", _p(r.p_clients),
+            _p(r.p_clients_holm), r.verdict]) + " |")
+    return text + "\n".join(lines) + "\n"
 
 
 # -------------------------------------------------------------------- entry
@@ -545,56 +549,109 @@ class Report:
     parent_run_id: str
     table: str
     files: tuple[Path, ...]
+    comparisons: tuple[Comparison, ...] = ()
 
 
-def make_report(target: str, out: str | Path | None = None, tracking_uri: str = "",
-                target_accuracy: float | None = None, log_to_parent: bool = True) -> Report:
-    """Read a sweep back from MLflow and write the table, the CSV and the plots.
+def _references(meta: ReportMeta, groups: Mapping[str, Sequence[ChildRun]],
+                reference: str | None) -> Mapping[str, str]:
+    if reference is None:
+        return meta.references
+    if reference not in groups:
+        raise ReportError(f"--reference {reference!r} is not a variant with finished runs "
+                          f"(variants: {', '.join(groups)})")
+    return MappingProxyType({v: reference for v in groups})
+
+
+def make_report(target: str | None = None, out: str | Path | None = None,
+                tracking_uri: str = "", target_accuracy: float | None = None,
+                log_to_parent: bool = True, *, reference: str | None = None,
+                last: int | None = None, best: bool = False,
+                from_csv: str | Path | None = None, plots: bool = True) -> Report:
+    """Read a sweep back (from MLflow, or from a report folder's CSVs) and write the
+    tables, the comparisons, the data files and the plots.
 
     Parameters
     ----------
     target
-        An MLflow experiment name (its latest benchmark sweep) or a parent run id.
+        An MLflow experiment name (its latest benchmark sweep) or a parent run id;
+        not used with ``from_csv``.
     out
-        Output folder (default ``reports/<benchmark name>``).
+        Output folder (default ``reports/<benchmark name>``; with ``from_csv``, that
+        folder).
     tracking_uri
         MLflow store ('' = ``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
     target_accuracy
         Overrides the benchmark's ``target-accuracy`` for the "to target" columns.
     log_to_parent
-        Also log the files as artifacts of the parent run (under ``report/``).
+        Also log the files as artifacts of the parent run (under ``report/``); never
+        with ``from_csv``.
+    reference
+        Compare every other variant with this one (instead of the benchmark's
+        ``reference`` tables).
+    last
+        Figures are the mean of each run's last ``last`` evaluated rounds.
+    best
+        Figures are each metric's best value over the evaluated rounds (optimistic).
+    from_csv
+        A folder holding ``runs.csv``, ``clients.csv`` and ``report.json`` (written
+        by an earlier report): read those instead of MLflow.
+    plots
+        Also draw the PNGs.
 
     Returns
     -------
     Report
-        The parent run id, the Markdown table and the files written.
+        The parent run id, the Markdown of ``summary.md``, the files written and the
+        paired comparisons.
     """
-    from fedpers.tracking import Tracker
+    selection = Selection(last=last, best=best)
+    client = None
+    if from_csv is not None:
+        meta, children = read_data(from_csv)
+        folder = Path(out) if out else Path(from_csv)
+        log_to_parent = False
+    else:
+        if not target:
+            raise ReportError("name an experiment or parent run id, or give --from-csv DIR")
+        from fedpers.tracking import Tracker
 
-    client = Tracker.connect(tracking_uri)
-    source = resolve_source(client, target)
-    goal = target_accuracy if target_accuracy is not None else source.target
-    groups = group_by_variant(read_children(client, source), source.variants)
-    rows = [summarize_variant(v, runs, goal) for v, runs in groups.items()]
-    table = markdown_table(rows, goal)
-    folder = Path(out) if out else Path("reports") / source.name
+        client = Tracker.connect(tracking_uri)
+        meta = resolve_source(client, target)
+        children = read_children(client, meta)
+        meta = ReportMeta(meta.parent_run_id, meta.name, meta.variants, meta.target,
+                          meta.references, meta.reference_fraction, task_kind(children),
+                          meta.experiment_id)
+        folder = Path(out) if out else Path("reports") / meta.name
+    goal = target_accuracy if target_accuracy is not None else meta.target
+    groups = group_by_variant(children, meta.variants)
+    references = _references(meta, groups, reference)
+    anomaly = meta.kind == ANOMALY
+    rows = [summarize_variant(v, runs, goal, selection, anomaly) for v, runs in groups.items()]
+    table = markdown_table(rows, goal, selection)
     folder.mkdir(parents=True, exist_ok=True)
+    data_files = write_data(meta, children, folder)
     extra: list[Path] = []
-    if source.references:
-        ref_rows = compare_to_references(groups, {r.variant: r for r in rows},
-                                         source.references, source.reference_fraction)
-        table += ("\nAgainst the reference variant (goal = "
-                  f"{source.reference_fraction:g} x the reference's final global accuracy, "
-                  "mean over its seeds):\n\n"
-                  + reference_table(ref_rows, source.reference_fraction))
-        write_reference_csv(ref_rows, folder / "reference.csv")
-        extra.append(folder / "reference.csv")
+    if references:
+        ref_rows = compare_to_references(groups, {r.variant: r for r in rows}, references,
+                                         meta.reference_fraction)
+        if ref_rows:
+            table += ("\nAgainst the reference variant (goal = "
+                      f"{meta.reference_fraction:g} x the reference's global accuracy, "
+                      "mean over its seeds):\n\n"
+                      + reference_table(ref_rows, meta.reference_fraction))
+            write_reference_csv(ref_rows, folder / "reference.csv")
+            extra.append(folder / "reference.csv")
+    comparisons = compare_paired(groups, reference_pairs(groups, references), selection, goal)
+    (folder / "comparison.md").write_text(comparison_table(comparisons, selection))
+    write_comparison_csv(comparisons, folder / "comparison.csv")
     (folder / "summary.md").write_text(table)
     write_csv(rows, folder / "summary.csv")
     files = (folder / "summary.md", folder / "summary.csv", *extra,
-             *write_plots(groups, goal, folder, source.name, source.references))
-    if log_to_parent:
+             folder / "comparison.md", folder / "comparison.csv", *data_files,
+             *(write_plots(groups, goal, folder, meta.name, references, comparisons,
+                           "auroc" if anomaly else "accuracy") if plots else ()))
+    if log_to_parent and client is not None:
         for f in files:
-            client.log_artifact(source.parent_run_id, str(f), "report")
-    logger.info("report of %s written to %s", source.parent_run_id, folder)
-    return Report(source.parent_run_id, table, files)
+            client.log_artifact(meta.parent_run_id, str(f), "report")
+    logger.info("report of %s written to %s", meta.parent_run_id, folder)
+    return Report(meta.parent_run_id, table, files, tuple(comparisons))

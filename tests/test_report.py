@@ -79,15 +79,26 @@ def fake_sweep(tmp_path, tracking_uri):
     return tracking_uri, parent
 
 
+def _table_lines(text: str) -> list[str]:
+    """The first Markdown table of ``text`` (its caption and what follows left out)."""
+    lines = text.strip().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")),
+               len(lines))
+    return lines[start:end]
+
+
 def _rows(table: str) -> dict[str, list[str]]:
-    lines = [ln.strip("|").split(" | ") for ln in table.strip().splitlines()]
+    lines = [ln.strip("|").split(" | ") for ln in _table_lines(table)]
     return {cells[0].strip(): [c.strip() for c in cells] for cells in lines[2:]}
 
 
 def test_table_numbers_are_exact(fake_sweep, tmp_path):
     uri, parent = fake_sweep
     rep = make_report(parent, out=tmp_path / "out", tracking_uri=uri)
-    header = rep.table.splitlines()[0]
+    assert rep.table.splitlines()[0] == ("Accuracy and scores at: **final round** "
+                                         "(mean ± sample std over seeds).")
+    header = _table_lines(rep.table)[0]
     assert header == ("| variant | seeds | global acc | client acc (mean) | client acc (p10) "
                       "| MB up | MB down | rounds to 0.7 | MB to 0.7 (up+down) | MB up to 0.7 |")
     rows = _rows(rep.table)
@@ -132,7 +143,10 @@ def test_plots_are_written_and_logged_to_the_parent(fake_sweep, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     client = MlflowClient(tracking_uri=uri)
     logged = {Path(a.path).name for a in client.list_artifacts(parent, "report")}
-    assert logged == {p.name for p in rep.files} == {"summary.md", "summary.csv", *PLOTS}
+    # no reference in this sweep: comparison files without rows, no forest plot
+    assert logged == {p.name for p in rep.files} == {
+        "summary.md", "summary.csv", "comparison.md", "comparison.csv", "runs.csv",
+        "clients.csv", "report.json", *PLOTS}
 
 
 def test_experiment_name_finds_the_latest_sweep_and_cli_prints_the_table(fake_sweep, tmp_path,
@@ -155,7 +169,7 @@ def test_experiment_name_finds_the_latest_sweep_and_cli_prints_the_table(fake_sw
     # with a target and the simulated clock: time to target = time/total_s at that round
     rep = make_report("fake-bench", out=tmp_path / "t", tracking_uri=uri,
                       target_accuracy=0.6, log_to_parent=False)
-    assert rep.table.splitlines()[0].endswith("| MB up to 0.6 | time (s) | time to 0.6 (s) |")
+    assert _table_lines(rep.table)[0].endswith("| MB up to 0.6 | time (s) | time to 0.6 (s) |")
     assert _rows(rep.table)["slim"][-5:] == ["3.0", "4.50", "1.50", "12.5", "12.5"]
     # the simulated clock also gets its accuracy-vs-time plot
     assert (tmp_path / "t" / TIME_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -188,6 +202,9 @@ def test_variants_against_their_reference(fake_sweep, tmp_path):
 
 
 def test_unknown_target_fails_clearly(tracking_uri, capsys):
+    assert main(["report", "x", "--tracking-uri", tracking_uri]) == 2
+    assert "no MLflow store" in capsys.readouterr().err  # reading never creates a store
+    MlflowClient(tracking_uri=tracking_uri).search_experiments()  # an empty store
     with pytest.raises(ReportError, match="neither an MLflow experiment nor a run id"):
         make_report("no-such-thing", tracking_uri=tracking_uri)
     assert main(["report", "no-such-thing", "--tracking-uri", tracking_uri]) == 2
