@@ -81,8 +81,21 @@ def print_summary(run_id: str, tracking_uri: str) -> None:
     print(f"open it with: mlflow ui --backend-store-uri {tracking_uri}")
 
 
+def interrupted_message(exc, tracking_uri: str) -> str:
+    """One line: what a signal left of the run (a ``RunInterrupted``) and how to go on."""
+    from fedpers.interrupt import signal_name
+
+    head = f"interrupted by {signal_name(exc.signum)}: MLflow run {exc.run_id} is KILLED"
+    if exc.checkpoint_round:
+        return (f"{head}; resume it from its checkpoint of round {exc.checkpoint_round} "
+                f"with: fedpers run --resume {exc.run_id} --tracking-uri {tracking_uri}")
+    return (f"{head}; it has no checkpoint to resume from (set checkpoint-every to make "
+            f"runs resumable): run it again")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fedpers.checkpoint import CheckpointError, resume_config
+    from fedpers.interrupt import RunInterrupted
     from fedpers.simulation import run_simulation
     from fedpers.tracking import TrackingError, resolve_tracking_uri
 
@@ -113,6 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (TrackingError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:  # SIGINT / SIGTERM: the run is KILLED, resumable
+        print(interrupted_message(exc, cfg.tracking_uri), file=sys.stderr)
+        return exc.exit_code
     print_summary(run_id, cfg.tracking_uri)
     print(f"run id: {run_id}")
     return 0
