@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from fedpers.config import (
@@ -32,10 +33,23 @@ SUMMARY_KEYS = [
 ]
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stdout`` is when a record is emitted (not
+    the stream of the first call: ``main`` may run more than once in one process)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
     """Our progress lines on stdout; Flower keeps its own console handler."""
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s fedpers %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -137,9 +151,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from fedpers.detect import Detector, read_input, write_output
 
+    rows = read_input(args.input, header=args.header)  # bad input fails before any work
     detector = Detector.from_run(args.run, args.tracking_uri or "", client=args.client,
                                  model_dir=args.model_dir or "")
-    scores, flags = detector.score(read_input(args.input))
+    scores, flags = detector.score(rows)
     out = Path(args.output) if args.output else Path(args.input).with_suffix(".scores.csv")
     write_output(out, scores, flags)
     print(f"{len(scores)} rows scored, {int(flags.sum())} flagged as anomalies "
@@ -268,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--input", required=True, help="rows to score (.csv or .npy)")
     det.add_argument("--output", help="CSV to write (default INPUT.scores.csv)")
     det.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
+    head = det.add_mutually_exclusive_group()
+    head.add_argument("--header", dest="header", action="store_true", default=None,
+                      help="the CSV's first row is a header (default: only when every cell "
+                           "of it is text)")
+    head.add_argument("--no-header", dest="header", action="store_false",
+                      help="the CSV's first row is data (a text cell in it is an error)")
+    det.add_argument("-v", "--verbose", action="store_true",
+                     help="show the traceback of an error")
     det.add_argument("--client", type=int, metavar="ID",
                      help="score with this client's own detector (its personalised model "
                           "and threshold; the run needs client-model-dir)")
@@ -325,17 +348,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", False))
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean bad input (a config, a file, a run id, a store):
+    ``main`` prints their message as one ``error:`` line and exits with status 2. Any
+    other exception is a bug: its traceback is printed and the status is 1."""
+    from fedpers.bench import BenchmarkError
+    from fedpers.checkpoint import CheckpointError
+    from fedpers.data import DataError
     from fedpers.detect import DetectError
+    from fedpers.devices import DeviceError
+    from fedpers.report import ReportError
     from fedpers.tracking import TrackingError
+    from fedpers.tracking_outbox import TrackingOutboxError
 
+    return (ConfigError, BenchmarkError, CheckpointError, DataError, DetectError, DeviceError,
+            ReportError, TrackingError, TrackingOutboxError)
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a multi-line message joined with '; ')."""
+    text = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``fedpers`` command line; return the exit status.
+
+    0: done. 2: bad input (a config key, a data or input file, a run id, an
+    unreachable store): one line ``error: ...`` on stderr, no traceback unless
+    ``-v``. 1: an unexpected exception (a bug): its traceback on stderr.
+    """
+    args = build_parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    _setup_logging(verbose)
     try:
         return int(args.fn(args))
-    except (ConfigError, DetectError, TrackingError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001  -- sorted below: bad input or a bug
+        if isinstance(exc, user_errors()):
+            if verbose:
+                traceback.print_exc()
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(f"error: unexpected {type(exc).__name__} (a bug in fedpers, or input it does "
+              f"not check yet; the traceback above says where): {one_line(exc)}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

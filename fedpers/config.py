@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -328,14 +329,20 @@ def _coerce(key: str, value: Any, target: Any) -> Any:
     if kind is float:
         if isinstance(value, bool):
             raise ConfigError(f"run-config key '{key}': expected a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"run-config key '{key}': expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"run-config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"run-config key '{key}' = {value!r}: must be a finite number "
+                              f"(not nan or inf)")
+        return number
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise ConfigError(f"run-config key '{key}': expected a string, got {value!r}")
     return str(value)
@@ -423,6 +430,11 @@ def _check_combination(cfg: RunConfig) -> None:
     if cfg.task == "npz" and not cfg.data_dir:
         raise ConfigError("run-config key 'data-dir' must name a folder of <client>.npz files "
                           "for task 'npz'")
+    if cfg.min_train_clients > clients_per_round(cfg)[0]:
+        raise ConfigError(f"run-config key 'min-train-clients' = {cfg.min_train_clients} "
+                          f"exceeds the {clients_per_round(cfg)[0]} clients asked to train "
+                          f"each round (num-clients x fraction-train): no round could "
+                          f"aggregate")
     if cfg.error_feedback and cfg.codec == "none":
         raise ConfigError("run-config key 'error-feedback' = true needs a lossy codec; "
                           "'codec' is 'none', which sends everything")
@@ -503,16 +515,35 @@ def parse_set_args(items: list[str]) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file of run-config keys (top level or under [tool.flwr.app.config])."""
+    """Read a TOML file of run-config keys (top level or under [tool.flwr.app.config]).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file when it is missing, unreadable, not UTF-8 TOML, or its
+        ``[tool.flwr.app.config]`` is not a table.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not a UTF-8 text file (byte "
+                          f"{exc.start}); expected TOML") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from exc
-    nested = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
-    return dict(nested) if nested is not None else data
+    node: Any = data
+    for name in ("tool", "flwr", "app", "config"):
+        if not isinstance(node, dict) or name not in node:
+            return data
+        node = node[name]
+    if not isinstance(node, dict):
+        raise ConfigError(f"config file {str(p)!r}: [tool.flwr.app.config] must be a table "
+                          f"of run-config keys, got {type(node).__name__}")
+    return dict(node)
 
 
 def describe_keys() -> list[tuple[str, Any, str]]:

@@ -96,7 +96,8 @@ def _check_features(path: Path, name: str, x: np.ndarray) -> np.ndarray:
         raise DataError(f"{path}: {name} must be numeric, got dtype {x.dtype}")
     if int(np.prod(x.shape[1:])) == 0:
         raise DataError(f"{path}: {name} rows have no features (shape {x.shape})")
-    out = features(x)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+        out = features(x)
     finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
