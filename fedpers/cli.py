@@ -205,6 +205,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(rep.table)
+    if rep.comparisons:
+        print(rep.comparison_md)
     print("written: " + ", ".join(str(f) for f in rep.files))
     if uri:
         print(f"open it with: mlflow ui --backend-store-uri {uri}")

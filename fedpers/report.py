@@ -550,6 +550,7 @@ class Report:
     table: str
     files: tuple[Path, ...]
     comparisons: tuple[Comparison, ...] = ()
+    comparison_md: str = ""  # the text of comparison.md
 
 
 def _references(meta: ReportMeta, groups: Mapping[str, Sequence[ChildRun]],
@@ -635,14 +636,15 @@ def make_report(target: str | None = None, out: str | Path | None = None,
         ref_rows = compare_to_references(groups, {r.variant: r for r in rows}, references,
                                          meta.reference_fraction)
         if ref_rows:
-            table += ("\nAgainst the reference variant (goal = "
-                      f"{meta.reference_fraction:g} x the reference's global accuracy, "
-                      "mean over its seeds):\n\n"
+            table += ("\nAgainst the reference variant (accuracy at the "
+                      f"{selection.label}; goal = {meta.reference_fraction:g} x the "
+                      "reference's global accuracy, mean over its seeds):\n\n"
                       + reference_table(ref_rows, meta.reference_fraction))
             write_reference_csv(ref_rows, folder / "reference.csv")
             extra.append(folder / "reference.csv")
     comparisons = compare_paired(groups, reference_pairs(groups, references), selection, goal)
-    (folder / "comparison.md").write_text(comparison_table(comparisons, selection))
+    compared = comparison_table(comparisons, selection)
+    (folder / "comparison.md").write_text(compared)
     write_comparison_csv(comparisons, folder / "comparison.csv")
     (folder / "summary.md").write_text(table)
     write_csv(rows, folder / "summary.csv")
@@ -654,4 +656,4 @@ def make_report(target: str | None = None, out: str | Path | None = None,
         for f in files:
             client.log_artifact(meta.parent_run_id, str(f), "report")
     logger.info("report of %s written to %s", meta.parent_run_id, folder)
-    return Report(meta.parent_run_id, table, files, tuple(comparisons))
+    return Report(meta.parent_run_id, table, files, tuple(comparisons), compared)

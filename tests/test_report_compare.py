@@ -43,7 +43,8 @@ def _fake_sweep_data() -> tuple[dict, dict]:
 
     ``ref`` runs seeds 0-3; ``fast`` seeds 0-3 and 7 (7 has no partner), about 0.08
     more accuracy and half the uplink; ``pair`` only seeds 0 and 1 (too few seeds).
-    In ``fast``'s seed 1 client 4 did not report (no partner for the reference's).
+    In ``fast``'s seed 1 client 0 did not report (no partner for the reference's), and
+    the rest are listed in reverse order: pairing must go by client id.
     """
     rng = np.random.default_rng(42)
     seeds = {"ref": (0, 1, 2, 3), "fast": (0, 1, 2, 3, 7), "pair": (0, 1)}
@@ -64,7 +65,8 @@ def _fake_sweep_data() -> tuple[dict, dict]:
                         "clients/evaluated": float(CLIENTS), "fairness/jain_selection": 1.0}
             h[2]["time/total_s"] = 10.0 * s + 1.5  # only logged at round 2
             hist.setdefault(v, {})[s] = h
-            ids = range(CLIENTS - 1) if (v, s) == ("fast", 1) else range(CLIENTS)
+            # fast's seed 1: client 0 missing, the others listed in reverse order
+            ids = range(CLIENTS - 1, 0, -1) if (v, s) == ("fast", 1) else range(CLIENTS)
             clients.setdefault(v, {})[s] = [
                 {"partition-id": c, "accuracy": float(rng.uniform(0.3, 0.9) + shift[v]),
                  "loss": float(rng.uniform(0.5, 1.5))} for c in ids]
@@ -224,7 +226,7 @@ def test_comparison_numbers_match_an_independent_computation(sweep, tmp_path, ho
         else:
             assert r["verdict"] == "no detectable difference", where
     by = {(r["variant"], r["metric"]): r for r in rows}
-    # seed 7 of fast has no partner; client 4 of fast's seed 1 neither
+    # seed 7 of fast has no partner; client 0 of the reference's seed 1 neither
     assert by[("fast", ACC)]["n_seeds"] == "4"
     assert by[("fast", CMEAN)]["n_clients"] == str(4 * CLIENTS - 1)
     assert by[("fast", ACC)]["verdict"] == "better"
@@ -259,12 +261,18 @@ def test_last_and_best_exclude_each_other(sweep, tmp_path, capsys):
         make_report(parent, out=tmp_path, tracking_uri=uri, last=0)
 
 
-def test_cli_reference_compares_every_variant_with_it(sweep, tmp_path, monkeypatch):
+def test_cli_reference_compares_every_variant_with_it(sweep, tmp_path, monkeypatch, capsys):
     uri, parent, _ = sweep
     monkeypatch.setattr("fedpers.report.write_plots", lambda *a, **k: [])
     assert main(["report", "cmp-bench", "--tracking-uri", uri, "--out", str(tmp_path),
                  "--reference", "fast"]) == 0
     rows = _read_comparison(tmp_path / "comparison.csv")
+    # the command prints the comparison table too, rounded from the CSV's numbers
+    r = next(r for r in rows if r["variant"] == "pair" and r["metric"] == ACC)
+    assert (f"| pair | fast | global accuracy | 2 | {float(r['mean_diff']):+.4f} | "
+            f"[{float(r['ci_low']):+.4f}, {float(r['ci_high']):+.4f}] | "
+            f"{float(r['p_seeds']):.3g} | {float(r['p_seeds_holm']):.3g} | – | – | – | "
+            "too few seeds |") in capsys.readouterr().out
     assert {(r["variant"], r["reference"]) for r in rows} == {("ref", "fast"), ("pair", "fast")}
     ref_acc = next(r for r in rows if r["variant"] == "ref" and r["metric"] == ACC)
     assert ref_acc["verdict"] == "worse"
