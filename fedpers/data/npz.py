@@ -98,7 +98,7 @@ def _check_features(path: Path, name: str, x: np.ndarray) -> np.ndarray:
         raise DataError(f"{path}: {name} rows have no features (shape {x.shape})")
     with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
         out = features(x)
-    finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    finite = np.isfinite(out).all(axis=tuple(range(1, out.ndim)))
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise DataError(f"{path}: {name} holds values that are not finite numbers (NaN, "
