@@ -149,12 +149,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from fedpers.detect import Detector, read_input, write_output
+    from fedpers.detect import DetectError, Detector, read_input, write_output
 
     rows = read_input(args.input, header=args.header)  # bad input fails before any work
     detector = Detector.from_run(args.run, args.tracking_uri or "", client=args.client,
                                  model_dir=args.model_dir or "")
-    scores, flags = detector.score(rows)
+    try:
+        scores, flags = detector.score(rows)
+    except DetectError as exc:  # e.g. the wrong number of columns: name the file too
+        raise DetectError(f"{args.input}: {exc}") from exc
     out = Path(args.output) if args.output else Path(args.input).with_suffix(".scores.csv")
     write_output(out, scores, flags)
     print(f"{len(scores)} rows scored, {int(flags.sum())} flagged as anomalies "

@@ -8,6 +8,7 @@ and before an MLflow run exists (``fedpers.preflight``).
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
 import types
@@ -96,6 +97,14 @@ def test_binary_csv_and_bad_npy_name_the_file(tmp_path):
     (tmp_path / "r.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(DetectError, match=r"r\.npy is not a readable \.npy array"):
         read_input(tmp_path / "r.npy")
+
+
+def test_rows_of_the_wrong_width_name_the_input_file(tmp_path, fake_store, capsys):
+    fake_store["dir"] = _model_folder(tmp_path)
+    rows = _csv(tmp_path, "1,2,3\n")
+    assert main(["detect", "--run", "r1", "--input", str(rows)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{rows}: input rows have 3 values" in line and "expects 9" in line
 
 
 # ------------------------------------------------------- detect: crafted model files
@@ -323,6 +332,16 @@ def _npz_spec(folder: Path, num_clients: int = 1) -> DataSpec:
     return DataSpec(task="npz", num_clients=num_clients, partition="natural", alpha=0.5,
                     classes_per_client=2, local_test_fraction=0.2, max_samples_per_client=0,
                     seed=0, data_dir=str(folder))
+
+
+@pytest.mark.parametrize("content", [b"hello", gzip.compress(bytes(200))[:15]])
+def test_unreadable_fmnist_files_name_the_file(tmp_path, content):
+    from fedpers.data.fmnist import read_idx
+
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(content)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz is not a readable "
+                                        r"gzipped IDX file"):
+        read_idx(tmp_path / "train-images-idx3-ubyte.gz")
 
 
 def test_load_federated_raises_data_error_for_every_load_problem(tmp_path):

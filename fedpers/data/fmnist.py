@@ -13,12 +13,13 @@ import functools
 import gzip
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from fedpers.data._common import classification_clients, features, labels, shift_features
-from fedpers.data.base import DataSpec, FederatedData, Kind
+from fedpers.data.base import DataError, DataSpec, FederatedData, Kind
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,12 @@ def find_fmnist_dir(data_dir: str = "") -> Path:
 
 def read_idx(path: Path) -> np.ndarray:
     """Parse one gzipped IDX file of unsigned bytes into a uint8 array."""
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with gzip.open(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, corrupt
+        raise DataError(f"{path} is not a readable gzipped IDX file ({type(exc).__name__}: "
+                        f"{exc})") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
