@@ -66,7 +66,13 @@ def resolve_config(config: str | None, sets: list[str] | None, experiment: str |
         raw["experiment"] = experiment
     if tracking_uri:
         raw["tracking-uri"] = tracking_uri
-    return parse_run_config(raw)
+    try:
+        return parse_run_config(raw)
+    except ConfigError as exc:
+        if not config:
+            raise
+        where = f"config file {config!r}" + (" and --set" if sets else "")
+        raise ConfigError(f"{exc} (settings from {where})") from exc
 
 
 def print_summary(run_id: str, tracking_uri: str) -> None:
