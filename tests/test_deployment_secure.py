@@ -6,8 +6,9 @@ on each SuperNode).
 The fast tests check the credentials scripts/make_certs.sh makes (certificate chain,
 SAN, key formats Flower accepts, a real TLS handshake). The slow one runs the app with
 2 authenticated SuperNodes over TLS and, while it runs, tries to get in without
-credentials: a SuperNode with an unregistered key, a SuperNode without the CA, and the
-`flwr` CLI without the CA or without TLS must all be refused.
+credentials: a SuperNode with an unregistered key, one with no key, one without the
+CA, one in plain HTTP, and the `flwr` CLI without the CA or without TLS must all be
+refused.
 """
 
 from __future__ import annotations
@@ -213,16 +214,17 @@ def _connection(home: Path, port: int, security: str) -> Path:
     return home
 
 
-def _start_supernode(tmp: Path, name: str, port: int, args: list[str]) -> subprocess.Popen:
+def _start_supernode(tmp: Path, name: str, port: int, args: list[str], retries: int = 2,
+                     wait_s: int = 20) -> subprocess.Popen:
     """A SuperNode in its own process group, its output in tmp/NAME.log. (Not a pipe:
     the SuperNode's `flower-superexec` child outlives it for a while and would hold a
-    pipe open.)"""
+    pipe open.) It gives up connecting after `retries` retries or `wait_s` seconds."""
     home = tmp / f"home-{name}"
     home.mkdir()
     with open(tmp / f"{name}.log", "w") as log:
         return subprocess.Popen(
             [*NICE, "flower-supernode", *args, "--superlink", f"127.0.0.1:{port}",
-             "--max-retries", "2", "--max-wait-time", "20",
+             "--max-retries", str(retries), "--max-wait-time", str(wait_s),
              "--host", "127.0.0.1", "--port", str(_free_port())],
             stdout=log, stderr=subprocess.STDOUT, cwd=tmp, env=_env(FLWR_HOME=str(home)),
             start_new_session=True)
@@ -295,6 +297,12 @@ def test_secure_deployment_runs_and_refuses_strangers(tmp_path):
                                         "--auth-supernode-private-key", str(rogue_key)]))
         probes.append(_start_supernode(tmp_path, "no-ca", port,
                                        ["--auth-supernode-private-key", str(rogue_key)]))
+        # ... and, with no credentials at all, one that trusts the CA but has no key
+        # (it tries to register itself), and one that speaks plain HTTP.
+        probes.append(_start_supernode(tmp_path, "no-key", port,
+                                       ["--root-certificates", str(ca)]))
+        probes.append(_start_supernode(tmp_path, "plain-http", port, ["--insecure"],
+                                       retries=1, wait_s=10))
 
         # The port speaks TLS with a certificate for 127.0.0.1 that only the CA vouches for.
         peer = _handshake(port, _client_context(ca))
@@ -318,6 +326,13 @@ def test_secure_deployment_runs_and_refuses_strangers(tmp_path):
         assert probes[1].returncode != 0, no_ca_out
         assert "CERTIFICATE_VERIFY_FAILED" in no_ca_out, no_ca_out
         assert "Failed to activate SuperNode" not in no_ca_out  # stopped at TLS already
+        no_key = (tmp_path / "no-key.log").read_text()
+        assert probes[2].returncode != 0, no_key
+        assert "All SuperNodes must be registered via the CLI" in no_key, no_key
+        plain_out = (tmp_path / "plain-http.log").read_text()
+        assert probes[3].returncode != 0, plain_out
+        assert "Connection attempt failed" in plain_out, plain_out
+        assert "Server disconnected without sending a response" in plain_out, plain_out
 
         # The SuperLink (with the CA) lists exactly the 2 registered nodes, both online.
         assert script.poll() is None, "the run ended before the probes were done"
