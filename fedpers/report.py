@@ -37,10 +37,11 @@ pairs them by seed (tag ``fedpers.bench.seed``, else param ``seed``, else the
   round and every logged ``eval/``, ``comm/``, ``time/``, ``fairness/`` and
   ``clients/`` metric), ``clients.csv`` (per run and client: variant, seed, run_id,
   client and the client's metrics of the last evaluation round) and
-  ``report.json`` (the benchmark's name, variants, target accuracy, references,
-  reference fraction and task kind). CSVs over 1 MB are written as ``.csv.gz``.
-  ``fedpers report --from-csv DIR`` recomputes every other file from these three
-  alone, with no MLflow;
+  ``report.json`` (the benchmark's name, parent run, variants, task kind, reference
+  fraction, and the target accuracy, references and round selection this report
+  used). CSVs over 1 MB are written as ``.csv.gz``. ``fedpers report --from-csv DIR``
+  recomputes every other file from these three alone, with no MLflow (``--target``,
+  ``--reference``, ``--last``/``--best`` override what ``report.json`` says);
 - ``accuracy_vs_round.png``, ``accuracy_vs_uplink.png`` (log x) and
   ``accuracy_vs_time.png`` (where the runs logged ``time/total_s``): mean over
   seeds with a 95% t interval band; ``client_accuracy.png`` (each client's
@@ -56,7 +57,7 @@ import csv
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -595,7 +596,9 @@ def make_report(target: str | None = None, out: str | Path | None = None,
         Figures are each metric's best value over the evaluated rounds (optimistic).
     from_csv
         A folder holding ``runs.csv``, ``clients.csv`` and ``report.json`` (written
-        by an earlier report): read those instead of MLflow.
+        by an earlier report): read those instead of MLflow. The target, references
+        and round selection recorded in ``report.json`` apply unless given here
+        (``last=1`` is the final round).
     plots
         Also draw the PNGs.
 
@@ -609,6 +612,8 @@ def make_report(target: str | None = None, out: str | Path | None = None,
     client = None
     if from_csv is not None:
         meta, children = read_data(from_csv)
+        if last is None and not best:  # the folder's own choice, unless told otherwise
+            selection = Selection(last=meta.last, best=meta.best)
         folder = Path(out) if out else Path(from_csv)
         log_to_parent = False
     else:
@@ -630,7 +635,10 @@ def make_report(target: str | None = None, out: str | Path | None = None,
     rows = [summarize_variant(v, runs, goal, selection, anomaly) for v, runs in groups.items()]
     table = markdown_table(rows, goal, selection)
     folder.mkdir(parents=True, exist_ok=True)
-    data_files = write_data(meta, children, folder)
+    # report.json records what this report used, so that --from-csv redraws it as is
+    data_files = write_data(replace(meta, target=goal, references=references,
+                                    last=selection.last, best=selection.best),
+                            children, folder)
     extra: list[Path] = []
     if references:
         ref_rows = compare_to_references(groups, {r.variant: r for r in rows}, references,

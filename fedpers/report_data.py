@@ -113,12 +113,16 @@ class ReportMeta:
     reference_fraction: float = 1.0
     kind: str = CLASSIFICATION
     experiment_id: str = ""
+    # the round selection a report used (see fedpers.report.Selection)
+    last: int | None = None
+    best: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"benchmark": self.name, "parent_run_id": self.parent_run_id,
                 "variants": list(self.variants), "target_accuracy": self.target,
                 "references": dict(self.references),
-                "reference_fraction": self.reference_fraction, "task_kind": self.kind}
+                "reference_fraction": self.reference_fraction, "task_kind": self.kind,
+                "selection": {"last": self.last, "best": self.best}}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: Path) -> ReportMeta:
@@ -127,7 +131,9 @@ class ReportMeta:
                        variants=tuple(data["variants"]), target=data["target_accuracy"],
                        references=MappingProxyType(dict(data["references"])),
                        reference_fraction=float(data["reference_fraction"]),
-                       kind=str(data["task_kind"]))
+                       kind=str(data["task_kind"]),
+                       last=data.get("selection", {}).get("last"),
+                       best=bool(data.get("selection", {}).get("best", False)))
         except KeyError as exc:
             raise ReportError(f"{where}: key {exc.args[0]!r} is missing") from exc
 

@@ -267,7 +267,7 @@ def test_cli_reference_compares_every_variant_with_it(sweep, tmp_path, monkeypat
     uri, parent, _ = sweep
     monkeypatch.setattr("fedpers.report.write_plots", lambda *a, **k: [])
     assert main(["report", "cmp-bench", "--tracking-uri", uri, "--out", str(tmp_path),
-                 "--reference", "fast"]) == 0
+                 "--reference", "fast", "--last", "2"]) == 0
     rows = _read_comparison(tmp_path / "comparison.csv")
     # the command prints the comparison table too, rounded from the CSV's numbers
     r = next(r for r in rows if r["variant"] == "pair" and r["metric"] == ACC)
@@ -278,7 +278,18 @@ def test_cli_reference_compares_every_variant_with_it(sweep, tmp_path, monkeypat
     assert {(r["variant"], r["reference"]) for r in rows} == {("ref", "fast"), ("pair", "fast")}
     ref_acc = next(r for r in rows if r["variant"] == "ref" and r["metric"] == ACC)
     assert ref_acc["verdict"] == "worse"
-    assert float(ref_acc["mean_diff"]) == pytest.approx(-_expected("fast", ACC)["mean_diff"])
+    assert float(ref_acc["mean_diff"]) == pytest.approx(
+        -_expected("fast", ACC, "last2")["mean_diff"])
+    # report.json keeps --reference and --last: --from-csv alone redraws the same report
+    assert main(["report", "--from-csv", str(tmp_path), "--out", str(tmp_path / "again")]) == 0
+    for name in ("comparison.csv", "comparison.md", "summary.md", "report.json"):
+        assert (tmp_path / "again" / name).read_text() == (tmp_path / name).read_text(), name
+    assert main(["report", "--from-csv", str(tmp_path), "--out", str(tmp_path / "final"),
+                 "--last", "1", "--reference", "ref"]) == 0
+    redone = {(r["variant"], r["metric"]): r
+              for r in _read_comparison(tmp_path / "final" / "comparison.csv")}
+    assert float(redone[("fast", ACC)]["mean_diff"]) == pytest.approx(
+        _expected("fast", ACC)["mean_diff"])
     with pytest.raises(ReportError, match="--reference 'nope' is not a variant"):
         make_report(parent, out=tmp_path, tracking_uri=uri, reference="nope")
 
@@ -293,7 +304,8 @@ def test_from_csv_gives_the_same_report_without_mlflow(sweep, tmp_path, monkeypa
     assert meta == {"benchmark": "cmp", "parent_run_id": parent,
                     "variants": ["ref", "fast", "pair"], "target_accuracy": TARGET,
                     "references": {"ref": "ref", "fast": "ref", "pair": "ref"},
-                    "reference_fraction": 0.9, "task_kind": "classification"}
+                    "reference_fraction": 0.9, "task_kind": "classification",
+                    "selection": {"last": None, "best": False}}
     runs = list(csv.DictReader(open(first / "runs.csv")))
     assert len(runs) == 11 * len(ROUNDS)  # one row per child run and evaluated round
     row = next(r for r in runs if r["variant"] == "fast" and r["seed"] == "7"
