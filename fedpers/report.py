@@ -659,7 +659,8 @@ def make_report(target: str | None = None, out: str | Path | None = None,
     files = (folder / "summary.md", folder / "summary.csv", *extra,
              folder / "comparison.md", folder / "comparison.csv", *data_files,
              *(write_plots(groups, goal, folder, meta.name, references, comparisons,
-                           "auroc" if anomaly else "accuracy") if plots else ()))
+                           "auroc" if anomaly else "accuracy", selection.label)
+               if plots else ()))
     if log_to_parent and client is not None:
         for f in files:
             client.log_artifact(meta.parent_run_id, str(f), "report")

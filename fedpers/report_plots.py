@@ -137,11 +137,13 @@ def _plot_clients(groups: Mapping[str, Sequence[ChildRun]], path: Path, title: s
     plt.close(fig)
 
 
-def plot_comparison(rows: Sequence[Comparison], path: Path, title: str) -> bool:
+def plot_comparison(rows: Sequence[Comparison], path: Path, title: str,
+                    selection: str = "final round") -> bool:
     """Forest plot: per metric, each variant's mean paired difference from its
     reference with its 95% CI, and the zero line. False (nothing drawn) when no row
     has a mean."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metrics = list(dict.fromkeys(r.metric for r in rows if not math.isnan(r.mean_diff)))
     if not metrics:
@@ -162,6 +164,7 @@ def plot_comparison(rows: Sequence[Comparison], path: Path, title: str) -> bool:
                               [(r.ci_high - r.mean_diff) * scale]] if has_ci else None,
                         capsize=3)
         ax.axvline(0.0, color="black", linewidth=1)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.set_xlabel("Δ MB (variant − reference)" if scale != 1.0
                       else "Δ (variant − reference)", fontsize=8)
         ax.set_yticks(y, [f"{r.variant} − {r.reference} (n={r.n_seeds})" for r in mine],
@@ -170,7 +173,7 @@ def plot_comparison(rows: Sequence[Comparison], path: Path, title: str) -> bool:
         ax.grid(True, axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.set_visible(False)
-    fig.suptitle(f"{title}: paired difference from the reference "
+    fig.suptitle(f"{title}: paired difference from the reference at the {selection} "
                  f"(mean over seeds, 95% t CI; grey = no CI)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -180,8 +183,8 @@ def plot_comparison(rows: Sequence[Comparison], path: Path, title: str) -> bool:
 
 def write_plots(groups: Mapping[str, Sequence[ChildRun]], target: float | None, out: Path,
                 name: str, references: Mapping[str, str] = MappingProxyType({}),
-                comparisons: Sequence[Comparison] = (), client_column: str = "accuracy"
-                ) -> list[Path]:
+                comparisons: Sequence[Comparison] = (), client_column: str = "accuracy",
+                selection: str = "final round") -> list[Path]:
     """The PNGs: :data:`PLOTS`, :data:`TIME_PLOT` where the runs logged the simulated
     clock, :data:`COMPARISON_PLOT` where there are comparisons; returns their paths."""
     import matplotlib
@@ -196,6 +199,6 @@ def write_plots(groups: Mapping[str, Sequence[ChildRun]], target: float | None, 
         paths.append(out / TIME_PLOT)
         _plot_curves(groups, TIME_TOTAL, target, paths[-1],
                      f"{name}: accuracy vs simulated time", references)
-    if comparisons and plot_comparison(comparisons, out / COMPARISON_PLOT, name):
+    if comparisons and plot_comparison(comparisons, out / COMPARISON_PLOT, name, selection):
         paths.append(out / COMPARISON_PLOT)
     return paths
