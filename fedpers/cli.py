@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="figures: each metric's best round (optimistic)")
     rep.add_argument("--from-csv", metavar="DIR",
                      help="recompute the report from DIR's runs.csv, clients.csv and "
-                          "report.json (written by an earlier report), without MLflow")
+                          "report.json (written by an earlier report), without MLflow; "
+                          "report.json's target, references and round selection apply "
+                          "unless given (--last 1 = final round)")
     rep.set_defaults(fn=cmd_report)
 
     keys = sub.add_parser("keys", help="list every run-config key with its default")
