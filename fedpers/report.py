@@ -80,10 +80,10 @@ from fedpers.report_data import (
     task_kind,
     write_data,
 )
-from fedpers.report_plots import COMPARISON_PLOT, PLOTS, TIME_PLOT, _panels, write_plots
+from fedpers.report_plots import COMPARISON_PLOT, PLOTS, TIME_PLOT, write_plots
 
 __all__ = ["COMPARISON_FIELDS", "COMPARISON_PLOT", "PLOTS", "TIME_PLOT", "ChildRun",
-           "Comparison", "Report", "ReportError", "Selection", "_panels", "make_report"]
+           "Comparison", "Report", "ReportError", "Selection", "make_report"]
 
 logger = logging.getLogger(__name__)
 

@@ -217,11 +217,6 @@ def _client_rows(client: Any, run_id: str) -> tuple[dict[str, float], ...]:
             return tuple(_float_cells(r) for r in csv.DictReader(fh))
 
 
-def _client_accuracy(client: Any, run_id: str) -> tuple[float, ...]:
-    """Each client's accuracy in the run's ``client_metrics.csv``."""
-    return tuple(r["accuracy"] for r in _client_rows(client, run_id) if "accuracy" in r)
-
-
 def _at_evaluated_rounds(history: dict[str, tuple]) -> dict[str, tuple]:
     """Every history restricted to the rounds where some ``eval/`` metric was logged
     (all rounds when none was)."""

@@ -220,7 +220,7 @@ def test_parent_without_finished_children_fails(tracking_uri, tmp_path):
 
 
 def test_plots_get_one_panel_per_reference_group():
-    from fedpers.report import _panels
+    from fedpers.report_plots import _panels
 
     runs = {v: [] for v in ("a", "a2", "b", "b2", "lone")}
     panels = _panels(runs, {"a": "a", "a2": "a", "b": "b", "b2": "b"})
