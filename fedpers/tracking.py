@@ -154,8 +154,8 @@ def _schema_head() -> tuple[str, frozenset[str]]:
 
 def _schema_state(uri: str, path: Path, wait: float = 5.0) -> str:
     """``'ready'``, ``'empty'`` (no or partial schema), ``'busy'`` (a writer held the
-    file for over ``wait`` s), ``'old'`` (an older schema revision) or ``'torn'`` (an
-    interrupted migration).
+    file for over ``wait`` s), ``'other:<revision>'`` (another schema revision) or
+    ``'torn'`` (an interrupted migration).
 
     Reads the file with sqlite directly, read-only: MLflow would create or migrate it.
     """
@@ -185,7 +185,7 @@ def _schema_state(uri: str, path: Path, wait: float = 5.0) -> str:
         return "torn"
     if not needed <= tables:
         return "empty"
-    return "ready" if version == head else "old"
+    return "ready" if version == head else f"other:{version}"
 
 
 @contextlib.contextmanager
@@ -279,8 +279,8 @@ def prepare_store(uri: str, *, create: bool = True,
             state = _schema_state(uri, path, wait=60.0)
             if state == "empty":
                 if not create:
-                    raise TrackingError(f"no MLflow store at {uri}: {path} holds no MLflow "
-                                        f"tables")
+                    raise TrackingError(f"no MLflow store at {uri}: {path} holds no "
+                                        f"complete MLflow schema")
                 _create_schema(uri, path)
                 state = _schema_state(uri, path, wait=60.0)
     if state == "busy":
@@ -290,9 +290,10 @@ def prepare_store(uri: str, *, create: bool = True,
         raise TrackingError(f"the MLflow store {uri} was left half-migrated by an interrupted "
                             f"schema upgrade (it holds _alembic_tmp_* tables); restore it "
                             f"from a backup or use a new store")
-    if state == "old":
-        raise TrackingError(f"the MLflow store {uri} has an older schema than this MLflow "
-                            f"needs: back it up, then run  mlflow db upgrade {uri}")
+    if state.startswith("other:"):
+        raise TrackingError(f"the MLflow store {uri} has schema revision {state[6:]}, this "
+                            f"MLflow needs {_schema_head()[0]}: if the store is older, back "
+                            f"it up and run  mlflow db upgrade {uri}")
     if create:
         _check_writable(uri, path)
 

@@ -134,6 +134,28 @@ def test_a_half_migrated_store_is_named(tmp_path):
         Tracker.connect(f"sqlite:///{db}", create=True)
 
 
+def _fake_schema(path: Path, revision: str) -> None:
+    """Every table MLflow's tracking store needs (empty, one column), at ``revision``."""
+    import fedpers.tracking as tracking
+
+    _, needed = tracking._schema_head()
+    con = sqlite3.connect(path)
+    for table in needed:
+        con.execute(f'CREATE TABLE "{table}" (x INTEGER)')
+    con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+    con.execute("INSERT INTO alembic_version VALUES (?)", (revision,))
+    con.commit()
+    con.close()
+
+
+def test_a_store_of_another_schema_revision_is_named(tmp_path):
+    db = tmp_path / "mlflow.db"
+    _fake_schema(db, "0123abcd")
+    with pytest.raises(TrackingError, match=r"has schema revision 0123abcd, this MLflow needs "
+                                            r"\w+: .*mlflow db upgrade sqlite:///"):
+        Tracker.connect(f"sqlite:///{db}")
+
+
 # ------------------------------------------------------------------ concurrent starts
 # What `fedpers run` does to the store: open it, get or create the experiment, start a
 # run, log the params and each round's metrics in one batch, finish.
@@ -225,14 +247,7 @@ def test_the_lock_lets_one_thread_create_and_the_others_wait(tmp_path, monkeypat
     def slow_create(uri: str, path: Path) -> None:
         created.append(threading.get_ident())
         time.sleep(0.2)
-        con = sqlite3.connect(path)
-        head, needed = tracking._schema_head()
-        for table in needed:
-            con.execute(f'CREATE TABLE "{table}" (x INTEGER)')
-        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
-        con.execute("INSERT INTO alembic_version VALUES (?)", (head,))
-        con.commit()
-        con.close()
+        _fake_schema(path, tracking._schema_head()[0])
 
     monkeypatch.setattr(tracking, "_create_schema", slow_create)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
