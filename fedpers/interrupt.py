@@ -34,10 +34,13 @@ _signum = 0
 _interrupted: RunInterrupted | None = None
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(BaseException):
     """The run stopped on a signal; its round in progress was dropped.
 
-    ``signum``: the signal; ``exit_code``: the shell's status for it (128 + signum).
+    A ``BaseException``, as ``KeyboardInterrupt`` is: not an error of the run, and not
+    caught by code that handles errors (``except Exception``: a benchmark sweep that
+    goes on past a failed run stops here). ``signum``: the signal; ``exit_code``: the
+    shell's status for it (128 + signum).
     The ServerApp fills in ``run_id``, ``last_round`` (the last round logged) and
     ``checkpoint_round`` (the newest stored checkpoint, 0 if none).
     """

@@ -390,7 +390,7 @@ class Experiment:
         out = RoundLog()
         self.bytes.start_round()
         self.train_round(rnd, out)
-        if self.privacy is not None:  # issue 8: the budget spent, this round included
+        if self.privacy is not None:  # the DP budget spent, this round included
             out.metrics.update(self.privacy.metrics(self.aggregated + int(out.aggregated)))
         trained = out.metrics.get("clients/trained", 0) > 0
         if trained and (rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds):

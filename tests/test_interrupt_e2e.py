@@ -110,8 +110,9 @@ def _progress_rounds(text: str) -> list[int]:
 
 
 def _stop(run: _Run, at_round: int, sig: int, group: bool, uri: str) -> tuple[str, float]:
-    """Send ``sig`` once round ``at_round`` is logged; check what the stop left."""
-    run.wait_for(f"fedpers round {at_round}/{ROUNDS} |")
+    """Send ``sig`` once round ``at_round`` is logged and checkpointed (so: in the
+    round after it); check what the stop left."""
+    run.wait_for(f"fedpers round {at_round}: checkpoint stored")
     run_id = run.run_id()
     (os.killpg if group else os.kill)(run.proc.pid, sig)
     t0 = time.monotonic()
