@@ -313,3 +313,20 @@ def test_the_run_fails_after_three_rounds_in_a_row_with_every_client_failed():
         exp.run()
     assert sorted(tracker.logged) == [1, 2, 3, 4]
     assert [tracker.logged[r]["clients/failed"] for r in (2, 3, 4)] == [3, 3, 3]
+
+
+def test_a_killed_run_with_a_checkpoint_can_be_resumed(tracking_uri):
+    """What a stopped run leaves (status KILLED, a checkpoint) is what --resume takes."""
+    from fedpers.checkpoint import Checkpoint, CheckpointStore, resume_config
+    from fedpers.tracking import Tracker
+
+    tracker = Tracker.start(tracking_uri, "stopped")
+    cfg = parse_run_config({"task": "digits", "seed": 4, "checkpoint-every": 1,
+                            "mlflow-run-id": tracker.run_id})
+    CheckpointStore(tracker).save(Checkpoint(round=2, meta={
+        "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id},
+        arrays={"global/w": np.zeros(2, np.float32)}))
+    tracker.finish("KILLED")
+    assert tracker.client.get_run(tracker.run_id).info.status == "KILLED"
+    resumed = resume_config(tracking_uri, tracker.run_id)
+    assert resumed.seed == 4 and resumed.mlflow_run_id == tracker.run_id
