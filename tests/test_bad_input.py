@@ -107,6 +107,15 @@ def test_rows_of_the_wrong_width_name_the_input_file(tmp_path, fake_store, capsy
     assert f"{rows}: input rows have 3 values" in line and "expects 9" in line
 
 
+def test_an_unwritable_output_names_the_file(tmp_path, fake_store, capsys):
+    fake_store["dir"] = _model_folder(tmp_path)
+    rows = _csv(tmp_path, ",".join(["1"] * 9) + "\n")
+    target = tmp_path / "no" / "such" / "scores.csv"
+    assert main(["detect", "--run", "r1", "--input", str(rows), "--output", str(target)]) == 2
+    assert f"cannot write the scores to {str(target)!r}" in _one_error_line(
+        capsys.readouterr().err)
+
+
 # ------------------------------------------------------- detect: crafted model files
 def _model_folder(tmp_path: Path, meta: dict | None = None, weights: bytes | None = None
                   ) -> Path:
