@@ -162,7 +162,7 @@ def test_watchdog_kills_what_a_killed_process_leaves_behind(how):
             "g = subprocess.Popen(['sleep', '120']); print(g.pid, flush=True); "
             "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
         grandchild = int(child.stdout.readline())
-        time.sleep(1.2)  # the watchdog has seen them (it looks every 0.5 s)
+        time.sleep(3)  # the watchdog has seen them (it looks every 0.5 s)
         print(reaper.pid, child.pid, grandchild, flush=True)
         if {how!r} == "done":
             stop_reaper(reaper)
@@ -181,7 +181,7 @@ def test_watchdog_kills_what_a_killed_process_leaves_behind(how):
         proc.kill()  # SIGKILL to the process alone, not its group
         proc.wait(timeout=10)
         deadline = time.monotonic() + (5 if how == "killed" else 1.5)
-        while any(map(_alive, left)) and time.monotonic() < deadline:
+        while any(map(_alive, [*left, reaper])) and time.monotonic() < deadline:
             time.sleep(0.1)
         if how == "killed":
             assert not any(map(_alive, left))
@@ -330,3 +330,25 @@ def test_a_killed_run_with_a_checkpoint_can_be_resumed(tracking_uri):
     assert tracker.client.get_run(tracker.run_id).info.status == "KILLED"
     resumed = resume_config(tracking_uri, tracker.run_id)
     assert resumed.seed == 4 and resumed.mlflow_run_id == tracker.run_id
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_replayed_round_is_logged_again_only_if_nobody_trained_in_it_before():
+    """After a resume, a round the run holds is not logged again, unless no client
+    trained in it then (they failed) and some do now."""
+    exp, tracker, _ = _experiment(3, fail=set())
+
+    class _Held:
+        def __init__(self, held):
+            self.held = held
+
+        def logged_metrics(self, rnd, keys):
+            return {k: v for k, v in self.held.items() if k in keys}
+
+    now = {"clients/trained": 3.0, "eval/global_accuracy": 0.5}
+    exp.checkpoints = _Held({"clients/trained": 3.0, "eval/global_accuracy": 0.5})
+    exp._check_replay(2, now)
+    assert tracker.logged == {}
+    exp.checkpoints = _Held({"clients/trained": 0.0, "clients/failed": 3.0})
+    exp._check_replay(2, now)
+    assert tracker.logged == {2: now}
