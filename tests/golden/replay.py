@@ -49,23 +49,23 @@ def final_metrics(uri: str, run_id: str) -> dict[str, float]:
 
 @contextlib.contextmanager
 def _stop_after_checkpoint(round_: int) -> Iterator[None]:
-    """Ask the run to stop (what Ctrl-C does, ``fedpers.interrupt``) right after the
-    server stored its checkpoint of round ``round_``; the next round is not started."""
+    """Ask the run to stop (what Ctrl-C does, ``fedpers.interrupt``) as soon as the
+    checkpoint of round ``round_`` is stored; the next round is not started."""
     from fedpers import interrupt
-    from fedpers.server_app import Experiment
+    from fedpers.checkpoint import CheckpointStore
 
-    original = Experiment._checkpoint
+    original = CheckpointStore.save
 
-    def checkpoint_then_stop(self: Any, rnd: int) -> None:
-        original(self, rnd)
-        if rnd == round_:
+    def save_then_stop(self: CheckpointStore, ckpt: Any) -> None:
+        original(self, ckpt)
+        if ckpt.round == round_:
             interrupt.request_stop(signal.SIGINT)
 
-    Experiment._checkpoint = checkpoint_then_stop
+    CheckpointStore.save = save_then_stop  # type: ignore[method-assign]
     try:
         yield
     finally:
-        Experiment._checkpoint = original
+        CheckpointStore.save = original  # type: ignore[method-assign]
 
 
 def run(name: str, workdir: Path, *, interrupted: bool | None = None) -> dict[str, float]:

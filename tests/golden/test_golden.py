@@ -103,5 +103,6 @@ def test_a_golden_run_replays_to_its_recorded_numbers(name, golden, workdir):
     now = run(name, workdir)
     diff = differences(golden["runs"][name]["metrics"], now, NONDETERMINISTIC)
     how = f" (interrupted after round {RESUMED[name]}, resumed)" if name in RESUMED else ""
-    assert not diff, (f"golden run {name!r}{how}: {len(diff)} number(s) differ from "
-                      f"{_golden_path().name}:\n  " + "\n  ".join(diff))
+    if diff:
+        pytest.fail(f"golden run {name!r}{how}: {len(diff)} number(s) differ from "
+                    f"{_golden_path()}:\n  " + "\n  ".join(diff), pytrace=False)
