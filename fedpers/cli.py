@@ -185,10 +185,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    res = run_benchmark(args.folder, seeds=args.seeds, rounds=args.rounds, quick=args.quick,
-                        experiment=args.experiment or "", tracking_uri=args.tracking_uri or "",
-                        progress=not args.no_progress, verbose=args.verbose,
-                        resources=resources)
+    from fedpers.interrupt import RunInterrupted, signal_name
+
+    try:
+        res = run_benchmark(args.folder, seeds=args.seeds, rounds=args.rounds,
+                            quick=args.quick, experiment=args.experiment or "",
+                            tracking_uri=args.tracking_uri or "",
+                            progress=not args.no_progress, verbose=args.verbose,
+                            resources=resources)
+    except RunInterrupted as exc:  # the run in progress is KILLED, finished ones are kept
+        print(f"interrupted by {signal_name(exc.signum)}: the sweep stopped; run the same "
+              f"command again to continue it (finished runs are reused)", file=sys.stderr)
+        return exc.exit_code
     print(f"benchmark parent run: {res.parent_run_id} (experiment {res.experiment!r}): "
           f"{len(res.ran)} ran, {len(res.reused)} reused, {len(res.failed)} failed")
     for name in res.failed:

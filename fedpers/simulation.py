@@ -153,7 +153,6 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     from fedpers.preflight import check_run
     from fedpers.server_app import app as default_server_app
 
-    load_federated(DataSpec.from_config(cfg))
     check_run(cfg, load_federated(DataSpec.from_config(cfg)))  # components fit the model
     uri = resolve_tracking_uri(cfg.tracking_uri)
     if cfg.mlflow_run_id:

@@ -138,6 +138,24 @@ def test_interrupted_message_says_how_to_resume():
         interrupted_message(exc, "sqlite:///x.db")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_sweep_exits_with_the_signal_status_and_one_line(monkeypatch, capsys,
+                                                                       signum):
+    import fedpers.bench
+    from fedpers import cli
+
+    def stopped(*args, **kwargs):
+        raise RunInterrupted(signum, "in round 2")
+
+    monkeypatch.setattr(fedpers.bench, "run_benchmark", stopped)
+    assert cli.main(["bench", "benchmarks/quickstart", "--no-progress"]) == 128 + signum
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"interrupted by {signal.Signals(signum).name}: the sweep stopped; run the same "
+        f"command again to continue it (finished runs are reused)"]
+
+
 # ------------------------------------------------------------------ the watchdog
 def _alive(pid: int) -> bool:
     try:
