@@ -1,4 +1,12 @@
-"""``fedpers`` command line: run, detect, keys."""
+"""The ``fedpers`` command line.
+
+Subcommands: ``run`` (one experiment on Flower's Simulation Engine), ``bench`` (every
+variant x seed of a benchmark), ``report`` (tables and plots of a sweep), ``detect``
+(score rows with a trained anomaly detector), ``keys`` (every run-config key) and
+``sync-tracking`` (send records saved during an MLflow outage). :func:`build_parser`
+holds each one's help and examples; :func:`main` runs one and maps errors to exit
+statuses.
+"""
 
 from __future__ import annotations
 
@@ -47,15 +55,25 @@ class _StdoutHandler(logging.StreamHandler):
 
 
 def _setup_logging(verbose: bool) -> None:
-    """Our progress lines on stdout; Flower keeps its own console handler."""
+    """Our progress lines on stdout; Flower's, Ray's and MLflow's only as
+    :func:`fedpers.console.configure` allows (their warnings and errors always; their
+    INFO lines, lifecycle lines and known warnings with ``-v``)."""
+    from fedpers import console
+
     if not logger.handlers:
         handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s fedpers %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    console.configure(verbose)
+
+
+def _command(name: str) -> str:
+    """``name`` as this shell can run it (:func:`fedpers.console.command`), for a hint."""
+    from fedpers.console import command
+
+    return command(name)
 
 
 def resolve_config(config: str | None, sets: list[str] | None, experiment: str | None,
@@ -98,7 +116,7 @@ def print_summary(run_id: str, tracking_uri: str) -> None:
         print(f"{label.ljust(width)} | {value}")
     print()
     print(f"experiment: {run.info.experiment_id}   run id: {run_id}")
-    print(f"open it with: mlflow ui --backend-store-uri {tracking_uri}")
+    print(f"open it with: {_command('mlflow')} ui --backend-store-uri {tracking_uri}")
 
 
 def interrupted_message(exc, tracking_uri: str) -> str:
@@ -172,8 +190,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    for key, default, doc in describe_keys():
-        print(f"{key:24s} {default!r:12} {doc}")
+    from fedpers.keydoc import find_key, format_key, format_keys, keys_markdown
+
+    infos = describe_keys()
+    if args.markdown:
+        print(keys_markdown(infos))
+    elif args.name:
+        print(format_key(find_key(args.name, infos)))  # ConfigError: close matches
+    else:
+        print(format_keys(infos))
     return 0
 
 
@@ -201,7 +226,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"{len(res.ran)} ran, {len(res.reused)} reused, {len(res.failed)} failed")
     for name in res.failed:
         print(f"failed: {name} (rerun the same command to retry it)", file=sys.stderr)
-    print(f"report: fedpers report {res.parent_run_id} --tracking-uri {res.tracking_uri}")
+    print(f"report: {_command('fedpers')} report {res.parent_run_id} "
+          f"--tracking-uri {res.tracking_uri}")
     return 1 if res.failed else 0
 
 
@@ -226,7 +252,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(rep.comparison_md)
     print("written: " + ", ".join(str(f) for f in rep.files))
     if uri:
-        print(f"open it with: mlflow ui --backend-store-uri {uri}")
+        print(f"open it with: {_command('mlflow')} ui --backend-store-uri {uri}")
     return 0
 
 
@@ -279,11 +305,62 @@ def _resources(args: argparse.Namespace):
                      client_gpus=args.client_gpus, ray_address=args.ray_address or "")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedpers", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+fedpers: federated learning research on Flower's Simulation Engine (PyTorch, Ray):
+strategies, personalisation, compression, client selection, robustness and privacy,
+every run tracked in MLflow."""
 
-    run = sub.add_parser("run", help="run one experiment on Flower's Simulation Engine")
+EPILOG = """\
+examples:
+  fedpers run --set task=digits num-clients=3 num-server-rounds=2
+  fedpers bench benchmarks/quickstart --quick
+  fedpers report quickstart
+  fedpers keys strategy
+
+`fedpers COMMAND --help` shows a command's options and examples; docs/ has the guides."""
+
+
+def version_line() -> str:
+    """``fedpers X (torch Y, flwr Z, mlflow W, Python V)``: the installed versions, read
+    from package metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    deps = ", ".join(f"{name} {installed(name)}" for name in ("torch", "flwr", "mlflow"))
+    return (f"fedpers {installed('fedpers')} ({deps}, "
+            f"Python {'.'.join(map(str, sys.version_info[:3]))})")
+
+
+def _subcommand(sub, name: str, help: str, description: str,
+                examples: list[str]) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows ``description`` and ``examples`` verbatim
+    (each example a ``fedpers ...`` line, ``#`` comments kept)."""
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
+    return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedpers", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_line(),
+                   help="show the versions of fedpers, torch, flwr, mlflow and Python")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = _subcommand(
+        sub, "run", "run one experiment on Flower's Simulation Engine",
+        "Run one federated experiment on Flower's Simulation Engine (Ray) in this\n"
+        "process, log it to MLflow and print a summary and the run id. Settings are\n"
+        "run-config keys (`fedpers keys` lists them): from --config, then --set.",
+        ["fedpers run --set task=digits num-clients=3 num-server-rounds=2",
+         "fedpers run --config configs/demo.toml --set strategy=scaffold",
+         "fedpers run --set task=shuttle-ad num-clients=3 num-server-rounds=5 local-epochs=5",
+         "fedpers run --resume RUN_ID   # continue a run that had checkpoint-every > 0"])
     run.add_argument("--config", help="TOML file of run-config keys")
     run.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                      help="override run-config keys (TOML values: 3, 0.1, true, 'text')")
@@ -293,11 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_ID",
                      help="continue this MLflow run from its last checkpoint "
                           "(checkpoint-every > 0), in the same run")
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="debug logging; show the traceback of an error")
     _add_resource_args(run)
     run.set_defaults(fn=cmd_run)
 
-    det = sub.add_parser("detect", help="score rows with an anomaly detector from a run")
+    det = _subcommand(
+        sub, "detect", "score rows with an anomaly detector from a run",
+        "Score rows with the autoencoder and threshold an anomaly-task run (shuttle-ad,\n"
+        "fmnist-ad) saved in MLflow, or with one client's own detector (--client), and\n"
+        "write row,score,anomaly lines to a CSV.",
+        ["fedpers detect --run RUN_ID --input rows.csv   # writes rows.scores.csv",
+         "fedpers detect --run RUN_ID --input rows.npy --output scores.csv --client 0"])
     det.add_argument("--run", required=True, help="MLflow run id of an anomaly task run")
     det.add_argument("--input", required=True, help="rows to score (.csv or .npy)")
     det.add_argument("--output", help="CSV to write (default INPUT.scores.csv)")
@@ -318,7 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "of the run's client-model-dir")
     det.set_defaults(fn=cmd_detect)
 
-    bench = sub.add_parser("bench", help="run (or resume) every variant x seed of a benchmark")
+    bench = _subcommand(
+        sub, "bench", "run (or resume) every variant x seed of a benchmark",
+        "Run every variant x seed of a benchmark folder (its benchmark.toml) under one\n"
+        "MLflow parent run. Finished runs are reused, so the same command resumes an\n"
+        "interrupted sweep; then `fedpers report` makes its tables and plots.",
+        ["fedpers bench benchmarks/quickstart --quick   # digits, 3 clients, 2 rounds, 1 seed",
+         "fedpers bench benchmarks/quickstart --seeds 2 --rounds 5",
+         "fedpers bench benchmarks/quickstart           # every variant x seed"])
     bench.add_argument("folder", help="benchmark folder, e.g. benchmarks/quickstart")
     bench.add_argument("--seeds", type=int, help="first N listed seeds (0..N-1 if fewer listed)")
     bench.add_argument("--rounds", type=int, help="override num-server-rounds of every run")
@@ -327,11 +418,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--experiment", help="MLflow experiment (default: the benchmark name)")
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bench.add_argument("-v", "--verbose", action="store_true")
+    bench.add_argument("-v", "--verbose", action="store_true",
+                       help="debug logging; show the traceback of an error")
     _add_resource_args(bench)
     bench.set_defaults(fn=cmd_bench)
 
-    rep = sub.add_parser("report", help="tables and plots of a benchmark sweep from MLflow")
+    rep = _subcommand(
+        sub, "report", "tables and plots of a benchmark sweep from MLflow",
+        "Tables (Markdown, CSV) and plots of a benchmark sweep recorded in MLflow, with\n"
+        "paired comparisons against a reference variant; or recompute them from the\n"
+        "CSV files of an earlier report, without MLflow (--from-csv).",
+        ["fedpers report quickstart                 # writes reports/quickstart/",
+         "fedpers report quickstart --reference iid --last 3",
+         "fedpers report --from-csv reports/quickstart"])
     rep.add_argument("target", metavar="EXPERIMENT_OR_PARENT_RUN", nargs="?",
                      help="MLflow experiment (its latest sweep) or parent run id")
     rep.add_argument("--out", help="output folder (default reports/<benchmark>; "
@@ -355,11 +454,25 @@ def build_parser() -> argparse.ArgumentParser:
                           "unless given (--last 1 = final round)")
     rep.set_defaults(fn=cmd_report)
 
-    keys = sub.add_parser("keys", help="list every run-config key with its default")
+    keys = _subcommand(
+        sub, "keys", "every run-config key: meaning, type, default, choices",
+        "List every run-config key by component, with its meaning, type, default (as\n"
+        "TOML) and valid values, or one key in full. The same facts make the tables of\n"
+        "docs/configuration.md.",
+        ["fedpers keys", "fedpers keys strategy",
+         "fedpers keys --markdown   # the tables of docs/configuration.md"])
+    keys.add_argument("name", metavar="KEY", nargs="?",
+                      help="show this key in full (an unknown one lists close matches)")
+    keys.add_argument("--markdown", action="store_true",
+                      help="print the key tables of docs/configuration.md (Markdown)")
     keys.set_defaults(fn=cmd_keys)
 
-    sync = sub.add_parser("sync-tracking",
-                          help="send tracking records saved during an MLflow outage")
+    sync = _subcommand(
+        sub, "sync-tracking", "send tracking records saved during an MLflow outage",
+        "Send the tracking records a run saved to its fallback folder while the MLflow\n"
+        "store was unreachable, in order and with their original timestamps.",
+        ["fedpers sync-tracking                  # everything under ./mlflow-fallback",
+         "fedpers sync-tracking mlflow-fallback --tracking-uri sqlite:///$PWD/mlflow.db"])
     sync.add_argument("path", nargs="?",
                       help="fallback folder, a run's folder in it, or one records-*.jsonl "
                            "(default $FEDPERS_TRACKING_FALLBACK_DIR, else ./mlflow-fallback)")
