@@ -30,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # Tasks whose clients are given by the data (partition = "natural").
 NATURAL_TASKS = ("npz", "shakespeare")
 FEATURE_SHIFT_TASKS = ("fmnist", "fmnist-bn")
-DEVICE_PROFILES = ("none", "lognormal", "trace")  # fedpers.devices.PROFILES
+DEVICE_PROFILES = ("none", "lognormal", "trace")  # fedpers.devices.build_clock
 
 
 def _positive(v: Any) -> str | None:
