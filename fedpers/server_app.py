@@ -23,7 +23,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from fedpers.rounds import (
     wait_for_nodes,
     weighted_mean,
 )
+from fedpers.run_params import applicable_params, bookkeeping_tags
 from fedpers.selection import ClientRecord, build_selector
 from fedpers.tracking import Tracker
 from fedpers.training import derive_seed, evaluate, resolve_device
@@ -94,6 +95,30 @@ def _ensure_logging() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+@dataclass
+class RejectReasons:
+    """Which ``clients/rejected_<reason>`` counters a run logs: a reason from the first
+    round in which an update is rejected for it, then every round (a chart falls back
+    to 0, and the run's latest value is that of its last round). A run with no
+    rejections logs only the total ``clients/rejected``."""
+
+    seen: set[str] = field(default_factory=set)
+
+    def metrics(self, counts: dict[str, int]) -> dict[str, float]:
+        """The counters of this round's ``counts`` (reason -> updates) to log."""
+        self.seen.update(why for why, n in counts.items() if n)
+        return {f"{REJECTED_PREFIX}{why}": float(n) for why, n in counts.items()
+                if why in self.seen}
+
+    def restore(self, logged_keys: Iterable[str]) -> None:
+        """Resume: the reasons the run logged before (its metric keys)."""
+        self.seen.update(k[len(REJECTED_PREFIX):] for k in logged_keys
+                         if k.startswith(REJECTED_PREFIX))
+
+
+REJECTED_PREFIX = "clients/rejected_"
 
 
 @dataclass
@@ -168,6 +193,8 @@ class Experiment:
         self.unsaved_metrics: dict[int, dict[str, float]] = {}
         self.failed_rounds = 0  # rounds in a row in which every client failed
         self.done_round = 0  # the last round logged (or replayed)
+        # clients/rejected_<reason>: logged from the first round a reason occurs
+        self.reject_reasons = RejectReasons()
 
     # ------------------------------------------------------------ one round
     def _send(self, messages: list[Message], count_up: bool = True,
@@ -242,7 +269,7 @@ class Experiment:
                             "clients/trained": float(len(valid)),
                             "clients/failed": float(failed),
                             "clients/rejected": float(sum(rejected.values()))})
-        out.metrics.update({f"clients/rejected_{why}": float(n) for why, n in rejected.items()})
+        out.metrics.update(self.reject_reasons.metrics(rejected))
         norms = [c.norm for c, _ in valid]  # measured by the screening
         if norms:
             out.metrics["clients/update_norm_median"] = float(np.median(norms))
@@ -540,6 +567,8 @@ class Experiment:
             clock.last_bytes = {int(p): (int(b[0]), int(b[1]))
                                 for p, b in meta["clock"]["last_bytes"].items()}
         self.last_clients = list(meta["last_clients"])
+        self.reject_reasons.restore(
+            self.tracker.client.get_run(self.tracker.run_id).data.metrics)
         self.start_round = self.saved_round = ckpt.round
         clients = {int(p): c for p, c in meta["clients"].items()}
         restored = self._client_states(
@@ -660,8 +689,10 @@ def main(grid: Grid, context: Context) -> None:
         # its mlflow-run-id); its params are logged already
         resume = CheckpointStore(tracker).resume_point(cfg) if cfg.mlflow_run_id else None
         if resume is None:
-            tracker.log_params(cfg.to_dict())
-            tracker.set_tags({"fedpers.config_digest": cfg.digest()})
+            # only the keys that apply to this config (fedpers.run_params); where the
+            # run is recorded is a tag; config.json keeps every key
+            tracker.log_params(applicable_params(cfg))
+            tracker.set_tags({"fedpers.config_digest": cfg.digest(), **bookkeeping_tags(cfg)})
         # numpy's BLAS threads spin for a while after each call (the update norms'
         # dot products): on the Simulation Engine that took ~10% of a core from the
         # clients' training (benchmarks/overhead/README.md); the server's vectors are

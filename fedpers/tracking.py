@@ -111,19 +111,30 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+#: MLflow's UI opens an experiment in its GenAI view (traces) unless this tag says it
+#: holds model training runs; fedpers sets it on every experiment it logs into
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(client: Any, uri: str, name: str) -> str:
     """The id of experiment ``name``, created (artifacts beside the store) if needed.
 
-    Safe when several processes create the same experiment at once: the one that
-    loses the race finds the experiment the winner made.
+    The experiment carries the tag ``mlflow.experimentKind`` =
+    ``custom_model_development`` (added to an existing one that lacks it), so MLflow's
+    UI opens it on its runs. Safe when several processes create the same experiment
+    at once: the one that loses the race finds the experiment the winner made.
     """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     root = artifact_root(uri)
     location = f"{root}/{name}" if root else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:
         exp = client.get_experiment_by_name(name)  # made by another process meanwhile
         if exp is not None:

@@ -8,7 +8,8 @@ from conftest import metric_history
 from mlflow.tracking import MlflowClient
 
 from fedpers.comm import content_bytes
-from fedpers.config import config_keys, parse_run_config
+from fedpers.config import parse_run_config
+from fedpers.run_params import applicable_params
 from fedpers.simulation import run_simulation
 
 pytestmark = pytest.mark.slow
@@ -75,8 +76,11 @@ def test_params_tags_and_artifacts(digits_run):
     cfg, uri, run_id = digits_run
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
-    assert set(config_keys()) <= set(run.data.params)
+    # the keys that apply to this config are params; bookkeeping keys are tags
+    assert set(applicable_params(cfg)) == set(run.data.params)
     assert run.data.params["task"] == "digits"
+    assert "alpha" not in run.data.params  # partition = "iid" has no alpha
+    assert run.data.tags["fedpers.tracking-uri"] == uri
     for tag in ("git_commit", "version.flwr", "version.torch", "version.fedpers"):
         assert tag in run.data.tags
     names = {a.path for a in client.list_artifacts(run_id)}

@@ -56,7 +56,7 @@ def test_experiment_created_by_another_process_meanwhile_is_used():
     lookups = iter([None, made])
     created: list[str] = []
 
-    def create_experiment(name, artifact_location=None):
+    def create_experiment(name, artifact_location=None, tags=None):
         created.append(name)
         raise RuntimeError("UNIQUE constraint failed: experiments.name")
 
