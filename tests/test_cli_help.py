@@ -31,6 +31,8 @@ def _help(argv: list[str], capsys) -> str:
 
 def _examples(text: str) -> list[str]:
     """The ``fedpers ...`` lines under ``examples:`` in a help text."""
+    if "\nexamples:\n" not in text:
+        return []
     tail = text.split("\nexamples:\n", 1)[1]
     return [line.strip() for line in tail.splitlines() if line.startswith("  fedpers ")]
 
