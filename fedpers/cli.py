@@ -375,33 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resource_args(run)
     run.set_defaults(fn=cmd_run)
 
-    det = _subcommand(
-        sub, "detect", "score rows with an anomaly detector from a run",
-        "Score rows with the autoencoder and threshold an anomaly-task run (shuttle-ad,\n"
-        "fmnist-ad) saved in MLflow, or with one client's own detector (--client), and\n"
-        "write row,score,anomaly lines to a CSV.",
-        ["fedpers detect --run RUN_ID --input rows.csv   # writes rows.scores.csv",
-         "fedpers detect --run RUN_ID --input rows.npy --output scores.csv --client 0"])
-    det.add_argument("--run", required=True, help="MLflow run id of an anomaly task run")
-    det.add_argument("--input", required=True, help="rows to score (.csv or .npy)")
-    det.add_argument("--output", help="CSV to write (default INPUT.scores.csv)")
-    det.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
-    head = det.add_mutually_exclusive_group()
-    head.add_argument("--header", dest="header", action="store_true", default=None,
-                      help="the CSV's first row is a header (default: only when every cell "
-                           "of it is text)")
-    head.add_argument("--no-header", dest="header", action="store_false",
-                      help="the CSV's first row is data (a text cell in it is an error)")
-    det.add_argument("-v", "--verbose", action="store_true",
-                     help="show the traceback of an error")
-    det.add_argument("--client", type=int, metavar="ID",
-                     help="score with this client's own detector (its personalised model "
-                          "and threshold; the run needs client-model-dir)")
-    det.add_argument("--model-dir", metavar="DIR",
-                     help="with --client: the folder a device kept its detector in, instead "
-                          "of the run's client-model-dir")
-    det.set_defaults(fn=cmd_detect)
-
     bench = _subcommand(
         sub, "bench", "run (or resume) every variant x seed of a benchmark",
         "Run every variant x seed of a benchmark folder (its benchmark.toml) under one\n"
@@ -453,6 +426,33 @@ def build_parser() -> argparse.ArgumentParser:
                           "report.json's target, references and round selection apply "
                           "unless given (--last 1 = final round)")
     rep.set_defaults(fn=cmd_report)
+
+    det = _subcommand(
+        sub, "detect", "score rows with an anomaly detector from a run",
+        "Score rows with the autoencoder and threshold an anomaly-task run (shuttle-ad,\n"
+        "fmnist-ad) saved in MLflow, or with one client's own detector (--client), and\n"
+        "write row,score,anomaly lines to a CSV.",
+        ["fedpers detect --run RUN_ID --input rows.csv   # writes rows.scores.csv",
+         "fedpers detect --run RUN_ID --input rows.npy --output scores.csv --client 0"])
+    det.add_argument("--run", required=True, help="MLflow run id of an anomaly task run")
+    det.add_argument("--input", required=True, help="rows to score (.csv or .npy)")
+    det.add_argument("--output", help="CSV to write (default INPUT.scores.csv)")
+    det.add_argument("--tracking-uri", help="MLflow tracking URI (default ./mlflow.db)")
+    head = det.add_mutually_exclusive_group()
+    head.add_argument("--header", dest="header", action="store_true", default=None,
+                      help="the CSV's first row is a header (default: only when every cell "
+                           "of it is text)")
+    head.add_argument("--no-header", dest="header", action="store_false",
+                      help="the CSV's first row is data (a text cell in it is an error)")
+    det.add_argument("-v", "--verbose", action="store_true",
+                     help="show the traceback of an error")
+    det.add_argument("--client", type=int, metavar="ID",
+                     help="score with this client's own detector (its personalised model "
+                          "and threshold; the run needs client-model-dir)")
+    det.add_argument("--model-dir", metavar="DIR",
+                     help="with --client: the folder a device kept its detector in, instead "
+                          "of the run's client-model-dir")
+    det.set_defaults(fn=cmd_detect)
 
     keys = _subcommand(
         sub, "keys", "every run-config key: meaning, type, default, choices",
