@@ -531,19 +531,36 @@ def _watch_rounds(client: Any, run_id: str, on_round: Callable[[int], None],
 
 
 class _Progress:
-    """A tqdm bar over every round of the sweep: its rate gives the time left."""
+    """The sweep's progress: on a terminal, a tqdm bar over every round (its rate gives
+    the time left); elsewhere (a log file, a pipe) or with the bar off, one plain line
+    per finished run, with the time left."""
 
     def __init__(self, runs: tuple[PlannedRun, ...], done: set[int], enabled: bool) -> None:
         from tqdm.auto import tqdm
 
+        from fedpers.console import interactive
+
         total = sum(r.cfg.num_server_rounds for r in runs)
         initial = sum(runs[i].cfg.num_server_rounds for i in done)
-        self.bar = tqdm(total=total, initial=initial, unit="round", disable=not enabled,
+        self.shown = enabled and interactive()
+        self.bar = tqdm(total=total, initial=initial, unit="round", disable=not self.shown,
                         desc=f"sweep ({len(done)}/{len(runs)} runs done)", dynamic_ncols=True)
+        self.total_rounds = total
         self.finished_rounds = initial
         self.finished_runs = len(done)
         self.num_runs = len(runs)
+        self._start = (time.perf_counter(), initial)
         self._lock = threading.Lock()
+
+    def time_left(self) -> str:
+        """The time left at this session's rate of rounds ('' before any round)."""
+        t0, rounds0 = self._start
+        done = self.finished_rounds - rounds0
+        left = self.total_rounds - self.finished_rounds
+        if done <= 0 or left <= 0:
+            return ""
+        secs = (time.perf_counter() - t0) / done * left
+        return f", about {secs / 60:.0f} min left" if secs >= 90 else f", about {secs:.0f} s left"
 
     def at_round(self, rnd: int) -> None:
         with self._lock:
@@ -557,6 +574,9 @@ class _Progress:
             self.finished_runs += 1
             self.bar.update(self.finished_rounds - self.bar.n)
             self.bar.set_description(f"sweep ({self.finished_runs}/{self.num_runs} runs done)")
+            if not self.shown:
+                logger.info("sweep: %d/%d runs done (%s)%s", self.finished_runs, self.num_runs,
+                            run.run_name, self.time_left())
 
     def close(self) -> None:
         self.bar.close()
@@ -582,8 +602,11 @@ def _run_child(run: PlannedRun, bench: Benchmark, parent: str, client: Any,
 
 @contextmanager
 def _redirect_logging(enabled: bool) -> Iterator[None]:
-    """Route console log lines through tqdm so they do not break the bar."""
-    if not enabled:
+    """Route console log lines through tqdm so they do not break the bar (only where
+    :class:`_Progress` draws one: ``enabled`` on a terminal)."""
+    from fedpers.console import interactive
+
+    if not (enabled and interactive()):
         yield
         return
     from tqdm.contrib.logging import logging_redirect_tqdm

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedpers import interrupt
+from fedpers import console, interrupt
 from fedpers.config import RunConfig
 from fedpers.tracking import Tracker, resolve_tracking_uri
 
@@ -101,6 +101,10 @@ def backend_config(num_cpus: int | None = None, client_cpus: float = 1.0,
                    client_gpus: float = 0.0, ray_address: str = "") -> dict:
     """Ray backend settings: ``client_cpus`` CPUs (torch threads) per simulated client.
 
+    Ray logs only its errors (``logging_level``); its workers' output is forwarded
+    (``log_to_driver``, so that a client's traceback shows), filtered by
+    :func:`ray_session`.
+
     With a cluster address (argument or ``RAY_ADDRESS``) Ray joins the cluster, whose
     nodes declare their own CPUs and GPUs (Ray refuses ``num_cpus`` then).
     """
@@ -154,6 +158,7 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     from fedpers.server_app import app as default_server_app
 
     check_run(cfg, load_federated(DataSpec.from_config(cfg)))  # components fit the model
+    console.flower_console(verbose)
     uri = resolve_tracking_uri(cfg.tracking_uri)
     if cfg.mlflow_run_id:
         tracker = Tracker.attach(uri, cfg.mlflow_run_id)
@@ -170,7 +175,7 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
                           run_config=cfg.to_dict())
         try:
-            with ray_session(backend["init_args"]):
+            with ray_session(backend["init_args"], verbose=verbose):
                 guard.install()  # ray.init put its own SIGTERM handler in place of ours
                 interrupt.check("before the simulation started")
                 _run_simulation(
@@ -217,12 +222,17 @@ def _stopped(exc: interrupt.RunInterrupted, tracker: Tracker) -> None:
 
 
 @contextmanager
-def ray_session(init_args: dict) -> Iterator[None]:
+def ray_session(init_args: dict, *, verbose: bool = False) -> Iterator[None]:
     """Ray for one run: started here, in the main thread, as Flower's Ray backend would
     (it leaves an initialised Ray as it is), so that the caller can set its signal
     handlers after ``ray.init``; shut down on the way out, whatever happens. A
     watchdog (:func:`start_reaper`) kills Ray's processes should this process die
-    without shutting Ray down."""
+    without shutting Ray down.
+
+    The workers' output still reaches this process (``log_to_driver``: a client's
+    traceback is shown); unless ``verbose``, without Flower's INFO lines and the
+    actors' lifecycle lines (:func:`fedpers.console.filter_worker_logs`).
+    """
     import ray
 
     reaper = start_reaper()
@@ -235,6 +245,7 @@ def ray_session(init_args: dict) -> Iterator[None]:
             pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
             os.environ["PYTHONPATH"] = pythonpath
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+        console.filter_worker_logs(verbose)
         yield
     finally:
         if ray.is_initialized():
