@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from store_template import fresh_store
 
 from fedpers import bench, cli, console
 
@@ -169,7 +170,7 @@ def test_hint_names_the_venv_script_when_path_does_not_find_it(tmp_path, monkeyp
 def test_run_summary_hint_is_runnable(tmp_path, monkeypatch, capsys):
     from fedpers.tracking import Tracker
 
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = fresh_store(tmp_path)
     tracker = Tracker.start(uri, "hints")
     tracker.finish("FINISHED")
     _venv(tmp_path, monkeypatch, "mlflow")
@@ -217,7 +218,7 @@ def test_bench_in_a_pipe_prints_one_line_per_run_and_no_bar(tmp_path, monkeypatc
     monkeypatch.setattr(bench, "_run_child", fake_child)
     _venv(tmp_path, monkeypatch, "fedpers")
     monkeypatch.setenv("PATH", "/nonexistent")
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = fresh_store(tmp_path)
     assert cli.main(["bench", str(folder), "--tracking-uri", uri]) == 0
     cap = capsys.readouterr()
     assert "\r" not in cap.out + cap.err
