@@ -76,6 +76,10 @@ TAG_SEED = "fedpers.bench.seed"
 TAG_DIGEST = "fedpers.config_digest"
 TAG_REFERENCES = "fedpers.bench.references"  # JSON: variant -> its reference variant
 TAG_REFERENCE_FRACTION = "fedpers.bench.reference_fraction"
+# The parent's description in MLflow's UI (Markdown): what the sweep runs and how far
+# it got; ``fedpers report`` replaces it with the summary table and the verdicts.
+TAG_NOTE = "mlflow.note.content"
+SWEEP_NOTE_HEAD = "Benchmark sweep "
 
 
 class BenchmarkError(ConfigError):
@@ -457,6 +461,30 @@ def _open_parent(bench: Benchmark, runs: tuple[PlannedRun, ...], digest: str, qu
     return client, exp_id, tracker.run_id
 
 
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def sweep_note(bench: Benchmark, runs: tuple[PlannedRun, ...], quick: bool, parent: str,
+               uri: str, status: str) -> str:
+    """The parent's description while the sweep runs and after it ends (Markdown)."""
+    seeds = sorted({r.seed for r in runs})
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    return (f"{SWEEP_NOTE_HEAD}**{bench.name}**{' (quick)' if quick else ''}: "
+            f"{len(variants)} variants ({', '.join(f'`{v}`' for v in variants)}) x "
+            f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {len(runs)} runs.\n\n"
+            f"{status}\n\nChild runs are named `variant/seed=N` and tagged "
+            f"`{TAG_VARIANT}` (group the runs table by it). The summary table and the "
+            f"paired comparisons come here with:\n\n"
+            f"```\nfedpers report {parent} --tracking-uri {uri}\n```\n")
+
+
+def _has_report(client: Any, parent: str) -> bool:
+    """Whether the parent's description is a report's (not this sweep's own note)."""
+    note = client.get_run(parent).data.tags.get(TAG_NOTE, "")
+    return bool(note) and not note.startswith(SWEEP_NOTE_HEAD)
+
+
 def _finished_children(client: Any, exp_id: str, parent: str) -> dict[tuple[str, str], str]:
     """(variant, config digest) -> run id of finished children; stale ones marked KILLED."""
     done: dict[tuple[str, str], str] = {}
@@ -671,6 +699,13 @@ def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int |
     logger.info("benchmark %s: %d runs (%d variants x %d seeds), %d already finished",
                 bench.name, len(runs), len(bench.variants), len(runs) // len(bench.variants),
                 len(reused_idx))
+    # nothing left to run and a report written: its summary stays the description
+    keep_note = len(reused_idx) == len(runs) and _has_report(client, parent)
+    if not keep_note:
+        client.set_tag(parent, TAG_NOTE, sweep_note(
+            bench, runs, quick, parent, uri,
+            f"Running since {_utc_now()}: {len(reused_idx)} of {len(runs)} runs done "
+            f"before."))
     ran, failed = [], []
     bar = _Progress(runs, reused_idx, progress)
     started = time.perf_counter()
@@ -692,6 +727,15 @@ def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int |
     finally:
         bar.close()
     client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
+    if not keep_note:
+        client.set_tag(parent, TAG_NOTE, sweep_note(
+            bench, runs, quick, parent, uri,
+            f"Finished {_utc_now()}: {len(ran)} ran, {len(reused_idx)} reused, "
+            f"{len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "") + "."))
+    from fedpers.tracking import ui_url
+
+    logger.info("in MLflow's UI (mlflow ui --backend-store-uri %s): %s", uri,
+                ui_url("http://127.0.0.1:5000", exp_id, parent))
     logger.info("benchmark %s finished in %.0f s: %d ran, %d reused, %d failed",
                 bench.name, time.perf_counter() - started, len(ran), len(reused_idx),
                 len(failed))

@@ -56,10 +56,12 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -542,6 +544,61 @@ def comparison_table(rows: Sequence[Comparison], selection: Selection = FINAL) -
     return text + "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------- the parent run in MLflow
+#: the tag MLflow's UI shows as a run's description (Markdown)
+DESCRIPTION_TAG = "mlflow.note.content"
+#: MLflow refuses longer tag values
+MAX_DESCRIPTION = 8000
+
+
+def headline_metrics(rows: Sequence[VariantRow]) -> dict[str, float]:
+    """Per variant, the summary table's headline figures as parent-run metrics (so the
+    runs table shows them): ``<variant>/global_accuracy_mean`` and ``_std``,
+    ``<variant>/client_accuracy_mean``, ``<variant>/client_accuracy_p10``,
+    ``<variant>/global_auroc_mean`` (anomaly tasks), ``<variant>/bytes_up_total``
+    and ``<variant>/seeds``. Figures that are NaN (not logged) are left out."""
+    out: dict[str, float] = {}
+    for r in rows:
+        figures = {"global_accuracy_mean": r.acc[0], "global_accuracy_std": r.acc[1],
+                   "client_accuracy_mean": r.client_mean[0],
+                   "client_accuracy_p10": r.client_p10[0], "bytes_up_total": r.bytes_up,
+                   "seeds": float(r.n)}
+        if "eval/global_auroc" in r.anomaly:
+            figures["global_auroc_mean"] = r.anomaly["eval/global_auroc"][0]
+        out.update({f"{r.variant}/{k}": float(v) for k, v in figures.items()
+                    if not math.isnan(v)})
+    return out
+
+
+def verdict_lines(rows: Sequence[Comparison]) -> str:
+    """One Markdown bullet per comparison: the difference, its interval and verdict."""
+    lines = []
+    for r in rows:
+        scale, fmt = (1e-6, "{:+.3f}") if r.metric == UP_TO_TARGET else (1.0, "{:+.4f}")
+        diff = "–" if math.isnan(r.mean_diff) else fmt.format(r.mean_diff * scale)
+        ci = ("" if math.isnan(r.ci_low) else
+              f" [{fmt.format(r.ci_low * scale)}, {fmt.format(r.ci_high * scale)}]")
+        lines.append(f"- **{r.variant}** vs {r.reference}, {r.label}: Δ {diff}{ci} "
+                     f"({r.n_seeds} seeds): **{r.verdict}**")
+    return "\n".join(lines)
+
+
+def parent_description(meta: ReportMeta, table: str, comparisons: Sequence[Comparison],
+                       folder: Path) -> str:
+    """The parent run's description (Markdown): the summary table and the verdicts,
+    cut to what MLflow accepts (the full files are the run's ``report/`` artifacts)."""
+    head = (f"**Benchmark `{meta.name}`**: {len(meta.variants)} variants. Report "
+            f"written to `{folder}` and logged under the artifacts `report/` "
+            f"(`summary.md`, `comparison.md`, plots).\n\n")
+    verdicts = verdict_lines(comparisons)
+    text = head + table + ("\n**Paired comparisons** (variant − reference, mean and 95% "
+                           "interval over seeds):\n\n" + verdicts + "\n" if verdicts else "")
+    if len(text) > MAX_DESCRIPTION:
+        cut = "\n\n… (cut: the full tables are in the artifacts `report/`)\n"
+        text = text[:MAX_DESCRIPTION - len(cut)] + cut
+    return text
+
+
 # -------------------------------------------------------------------- entry
 @dataclass(frozen=True)
 class Report:
@@ -552,6 +609,18 @@ class Report:
     files: tuple[Path, ...]
     comparisons: tuple[Comparison, ...] = ()
     comparison_md: str = ""  # the text of comparison.md
+
+
+def _describe_parent(client: Any, run_id: str, metrics: Mapping[str, float],
+                     description: str) -> None:
+    """The headline metrics (one batched write) and the description of the parent."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    points = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    client.log_batch(run_id, metrics=points[:1000], tags=[RunTag(DESCRIPTION_TAG, description)])
+    for i in range(1000, len(points), 1000):  # MLflow takes 1000 metrics per batch
+        client.log_batch(run_id, metrics=points[i:i + 1000])
 
 
 def _references(meta: ReportMeta, groups: Mapping[str, Sequence[ChildRun]],
@@ -664,5 +733,7 @@ def make_report(target: str | None = None, out: str | Path | None = None,
     if log_to_parent and client is not None:
         for f in files:
             client.log_artifact(meta.parent_run_id, str(f), "report")
+        _describe_parent(client, meta.parent_run_id, headline_metrics(rows),
+                         parent_description(meta, table, comparisons, folder))
     logger.info("report of %s written to %s", meta.parent_run_id, folder)
     return Report(meta.parent_run_id, table, files, tuple(comparisons), compared)

@@ -117,6 +117,31 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+#: MLflow 3.17's UI picks its GenAI or model-training view from this URL parameter
+#: (else from the browser's last choice, GenAI by default), not from the tag above
+UI_VIEW = "workflowType=machine_learning"
+
+
+def ui_url(base: str, experiment_id: str, run_id: str = "") -> str:
+    """The MLflow UI page of an experiment's runs (or of one run), in the
+    model-training view. ``base``: where ``mlflow ui`` serves, e.g.
+    ``http://127.0.0.1:5000``."""
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}/{page}?{UI_VIEW}"
+
+
+def metric_chart_url(base: str, experiment_id: str, run_ids: list[str], key: str) -> str:
+    """The MLflow UI page that plots metric ``key`` of ``run_ids`` against the round."""
+    def enc(obj: Any) -> str:
+        return quote(json.dumps(obj), safe="")
+
+    return (f"{base.rstrip('/')}/#/metric?runs={enc(run_ids)}&metric={enc(key)}"
+            f"&experiments={enc([experiment_id])}&plot_metric_keys={enc([key])}"
+            f"&plot_layout={enc({})}&x_axis=step&y_axis_scale=linear&line_smoothness=1"
+            f"&show_point=true&deselected_curves={enc([])}"
+            f"&last_linear_y_axis_range={enc([])}")
+
+
 def ensure_experiment(client: Any, uri: str, name: str) -> str:
     """The id of experiment ``name``, created (artifacts beside the store) if needed.
 
