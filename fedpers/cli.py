@@ -126,7 +126,8 @@ def interrupted_message(exc, tracking_uri: str) -> str:
     head = f"interrupted by {signal_name(exc.signum)}: MLflow run {exc.run_id} is KILLED"
     if exc.checkpoint_round:
         return (f"{head}; resume it from its checkpoint of round {exc.checkpoint_round} "
-                f"with: fedpers run --resume {exc.run_id} --tracking-uri {tracking_uri}")
+                f"with: {_command('fedpers')} run --resume {exc.run_id} "
+                f"--tracking-uri {tracking_uri}")
     return (f"{head}; it has no checkpoint to resume from (set checkpoint-every to make "
             f"runs resumable): run it again")
 

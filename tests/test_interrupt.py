@@ -126,12 +126,14 @@ def test_stoppable_grid_waits_for_replies_until_a_stop_is_requested():
 
 def test_interrupted_message_says_how_to_resume():
     from fedpers.cli import interrupted_message
+    from fedpers.console import command
 
     exc = RunInterrupted(signal.SIGINT)
     exc.run_id, exc.checkpoint_round = "abc", 4
     line = interrupted_message(exc, "sqlite:///x.db")
+    fedpers = command("fedpers")  # .venv/bin/fedpers where the venv is not on PATH
     assert line == ("interrupted by SIGINT: MLflow run abc is KILLED; resume it from its "
-                    "checkpoint of round 4 with: fedpers run --resume abc --tracking-uri "
+                    f"checkpoint of round 4 with: {fedpers} run --resume abc --tracking-uri "
                     "sqlite:///x.db")
     exc.checkpoint_round = 0
     assert "no checkpoint to resume from (set checkpoint-every" in \
