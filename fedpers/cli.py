@@ -94,7 +94,7 @@ def resolve_config(config: str | None, sets: list[str] | None, experiment: str |
 
 
 def print_summary(run_id: str, tracking_uri: str) -> None:
-    from fedpers.tracking import Tracker, TrackingError
+    from fedpers.tracking import Tracker, TrackingError, ui_url
 
     try:
         client = Tracker.connect(tracking_uri)
@@ -117,6 +117,7 @@ def print_summary(run_id: str, tracking_uri: str) -> None:
     print()
     print(f"experiment: {run.info.experiment_id}   run id: {run_id}")
     print(f"open it with: {_command('mlflow')} ui --backend-store-uri {tracking_uri}")
+    print(f"then: {ui_url('http://127.0.0.1:5000', run.info.experiment_id, run_id)}")
 
 
 def interrupted_message(exc, tracking_uri: str) -> str:

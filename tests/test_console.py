@@ -178,6 +178,10 @@ def test_run_summary_hint_is_runnable(tmp_path, monkeypatch, capsys):
     cli.print_summary(tracker.run_id, uri)
     out = capsys.readouterr().out
     assert f"open it with: .venv/bin/mlflow ui --backend-store-uri {uri}" in out
+    # and the page that opens on the run in the model-training view
+    exp = tracker.client.get_run(tracker.run_id).info.experiment_id
+    assert (f"then: http://127.0.0.1:5000/#/experiments/{exp}/runs/{tracker.run_id}"
+            f"?workflowType=machine_learning") in out
 
 
 SWEEP = """
