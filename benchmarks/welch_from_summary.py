@@ -39,6 +39,8 @@ from typing import NamedTuple
 
 from scipy import stats
 
+from fedpers.stats import verdict as paired_verdict
+
 logger = logging.getLogger(__name__)
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
@@ -50,7 +52,6 @@ METRIC_COLUMNS: dict[str, tuple[str, str]] = {
     "client_acc_p10": ("client_acc_p10", "client_acc_p10_std"),
 }
 
-MIN_SEEDS = 3
 CONFIDENCE = 0.95
 
 _PERSONALIZATION_SETTINGS = ("a0.1", "a0.5", "a5.0", "patho2", "shakespeare")
@@ -178,15 +179,10 @@ def welch_ci(
 def verdict(ci_low: float, ci_high: float, n_a: int, n_b: int) -> str:
     """``better``/``worse`` when the interval excludes 0, else ``no detectable difference``.
 
-    ``too few seeds`` when either side has fewer than ``MIN_SEEDS`` seeds.
+    ``too few seeds`` when either side has fewer than 3 seeds: the rule of
+    :func:`fedpers.stats.verdict`, with the smaller side's count.
     """
-    if min(n_a, n_b) < MIN_SEEDS:
-        return "too few seeds"
-    if ci_low > 0:
-        return "better"
-    if ci_high < 0:
-        return "worse"
-    return "no detectable difference"
+    return paired_verdict(min(n_a, n_b), ci_low, ci_high)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

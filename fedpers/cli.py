@@ -17,6 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from fedpers import console
 from fedpers.config import (
     ConfigError,
     describe_keys,
@@ -58,8 +59,6 @@ def _setup_logging(verbose: bool) -> None:
     """Our progress lines on stdout; Flower's, Ray's and MLflow's only as
     :func:`fedpers.console.configure` allows (their warnings and errors always; their
     INFO lines, lifecycle lines and known warnings with ``-v``)."""
-    from fedpers import console
-
     if not logger.handlers:
         handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s fedpers %(message)s", "%H:%M:%S"))
@@ -67,13 +66,6 @@ def _setup_logging(verbose: bool) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
     console.configure(verbose)
-
-
-def _command(name: str) -> str:
-    """``name`` as this shell can run it (:func:`fedpers.console.command`), for a hint."""
-    from fedpers.console import command
-
-    return command(name)
 
 
 def resolve_config(config: str | None, sets: list[str] | None, experiment: str | None,
@@ -116,7 +108,7 @@ def print_summary(run_id: str, tracking_uri: str) -> None:
         print(f"{label.ljust(width)} | {value}")
     print()
     print(f"experiment: {run.info.experiment_id}   run id: {run_id}")
-    print(f"open it with: {_command('mlflow')} ui --backend-store-uri {tracking_uri}")
+    print(f"open it with: {console.command('mlflow')} ui --backend-store-uri {tracking_uri}")
     print(f"then: {ui_url('http://127.0.0.1:5000', run.info.experiment_id, run_id)}")
 
 
@@ -127,7 +119,7 @@ def interrupted_message(exc, tracking_uri: str) -> str:
     head = f"interrupted by {signal_name(exc.signum)}: MLflow run {exc.run_id} is KILLED"
     if exc.checkpoint_round:
         return (f"{head}; resume it from its checkpoint of round {exc.checkpoint_round} "
-                f"with: {_command('fedpers')} run --resume {exc.run_id} "
+                f"with: {console.command('fedpers')} run --resume {exc.run_id} "
                 f"--tracking-uri {tracking_uri}")
     return (f"{head}; it has no checkpoint to resume from (set checkpoint-every to make "
             f"runs resumable): run it again")
@@ -228,7 +220,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"{len(res.ran)} ran, {len(res.reused)} reused, {len(res.failed)} failed")
     for name in res.failed:
         print(f"failed: {name} (rerun the same command to retry it)", file=sys.stderr)
-    print(f"report: {_command('fedpers')} report {res.parent_run_id} "
+    print(f"report: {console.command('fedpers')} report {res.parent_run_id} "
           f"--tracking-uri {res.tracking_uri}")
     return 1 if res.failed else 0
 
@@ -254,7 +246,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(rep.comparison_md)
     print("written: " + ", ".join(str(f) for f in rep.files))
     if uri:
-        print(f"open it with: {_command('mlflow')} ui --backend-store-uri {uri}")
+        print(f"open it with: {console.command('mlflow')} ui --backend-store-uri {uri}")
     return 0
 
 
