@@ -137,7 +137,11 @@ def load_detector(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         raise ClientDetectorError(f"{model_path} has SHA-256 {digest[:12]}..., but "
                                   f"{META_FILE} was written for another model file (a write "
                                   f"was interrupted?)")
-    state = torch.load(io.BytesIO(blob), weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001  -- torch raises many types for foreign bytes
+        raise ClientDetectorError(f"{model_path} is not a readable model weights file "
+                                  f"({type(exc).__name__})") from exc
     return meta, state
 
 

@@ -94,6 +94,10 @@ class Detector:
             meta, state = cd.load_detector(folder)
         except cd.ClientDetectorError as exc:
             raise DetectError(str(exc)) from exc
+        # the same checks as the global detector's files: a crafted detector.json or
+        # model.pt is one line naming the file, never a KeyError or a huge model
+        meta = check_meta(meta, str(folder / cd.META_FILE))
+        state = check_state(state, folder / cd.MODEL_FILE)
         if int(meta.get("partition_id", -1)) != client:
             raise DetectError(f"{folder / cd.META_FILE} is the detector of client "
                               f"{meta.get('partition_id')}, not of client {client}")
@@ -235,6 +239,12 @@ def read_meta(path: Path, label: str) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DetectError(f"{label} is not readable JSON ({type(exc).__name__}: "
                           f"{one_line(exc)})") from exc
+    return check_meta(meta, label)
+
+
+def check_meta(meta: object, label: str) -> dict:
+    """``meta`` if it is model metadata a detector can be built from (see
+    :func:`read_meta`); a :class:`DetectError` naming ``label`` otherwise."""
     if not isinstance(meta, dict):
         raise DetectError(f"{label} must hold a JSON object, got {type(meta).__name__}")
     for key in ("task", "kind"):
@@ -274,6 +284,12 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001  -- torch raises many types for foreign bytes
         raise DetectError(f"{path} is not a readable model weights file "
                           f"({type(exc).__name__}: {one_line(exc)})") from exc
+    return check_state(state, path)
+
+
+def check_state(state: object, path: Path | str) -> dict[str, torch.Tensor]:
+    """``state`` if it is a state dict (names -> tensors); a :class:`DetectError`
+    naming ``path`` otherwise."""
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise DetectError(f"{path} does not hold a state dict (names -> tensors), got "

@@ -241,3 +241,48 @@ def test_the_run_names_the_folder(tmp_path, monkeypatch):
         Detector.from_run("digits", client=1)
     with pytest.raises(DetectError, match="run 'gone' not found"):
         Detector.from_run("gone", client=1)
+
+
+def _forge(folder: Path, meta_changes: dict | None = None, blob: bytes | None = None) -> None:
+    """Rewrite a saved detector as an attacker would: new contents, matching checksum."""
+    import hashlib
+    import json
+
+    if blob is not None:
+        (folder / cd.MODEL_FILE).write_bytes(blob)
+    meta = json.loads((folder / cd.META_FILE).read_text())
+    meta.update(meta_changes or {})
+    meta["model_sha256"] = hashlib.sha256((folder / cd.MODEL_FILE).read_bytes()).hexdigest()
+    (folder / cd.META_FILE).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"input_shape": [10**9]}, "do not fit the model"),
+    ({"input_shape": "nine"}, "'input_shape' must be a list of positive integers"),
+    ({"num_classes": True}, "'num_classes' must be a positive integer"),
+    ({"threshold": "high"}, "'threshold' must be a finite number"),
+])
+def test_a_crafted_client_detector_json_is_one_line_naming_the_file(tmp_path, changes, message):
+    folder = _save(tmp_path, 1)
+    _forge(folder, changes)
+    with pytest.raises(DetectError, match=message) as err:
+        Detector.from_client(RUN, 1, model_dir=str(folder))
+    assert str(folder) in str(err.value)  # names the detector's files
+
+
+@pytest.mark.parametrize("blob, message", [
+    (b"\x80\x04\x95 not a torch file", "not a readable model weights file"),
+    (None, "does not hold a state dict"),
+])
+def test_a_crafted_client_model_file_is_one_line_naming_the_file(tmp_path, blob, message):
+    import io
+
+    folder = _save(tmp_path, 1)
+    if blob is None:  # a valid torch file that is not a state dict
+        buf = io.BytesIO()
+        torch.save([torch.zeros(2)], buf)
+        blob = buf.getvalue()
+    _forge(folder, blob=blob)
+    with pytest.raises(DetectError, match=message) as err:
+        Detector.from_client(RUN, 1, model_dir=str(folder))
+    assert cd.MODEL_FILE in str(err.value)
