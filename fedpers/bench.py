@@ -30,6 +30,7 @@ Merge order of one run's config: ``[base]`` -> ``[variants.NAME]`` -> (``--quick
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -369,20 +370,37 @@ def merge_config(bench: Benchmark, variant: Variant, seed: int, *, rounds: int |
     return raw
 
 
+def select_variants(bench: Benchmark, patterns: tuple[str, ...]) -> tuple[Variant, ...]:
+    """The variants whose names match any of ``patterns`` (shell globs), in file order.
+
+    A pattern that matches no variant is an error that lists the variants.
+    """
+    if not patterns:
+        return bench.variants
+    names = [v.name for v in bench.variants]
+    unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+    if unmatched:
+        raise BenchmarkError(f"--variants: {', '.join(map(repr, unmatched))} match no variant "
+                             f"of {bench.name}; variants: {', '.join(names)}")
+    return tuple(v for v in bench.variants if any(fnmatch.fnmatchcase(v.name, p)
+                                                  for p in patterns))
+
+
 def plan_runs(bench: Benchmark, *, seeds: int | None = None, rounds: int | None = None,
-              quick: bool = False, experiment: str = "", tracking_uri: str = ""
-              ) -> tuple[PlannedRun, ...]:
+              quick: bool = False, experiment: str = "", tracking_uri: str = "",
+              variants: tuple[str, ...] = ()) -> tuple[PlannedRun, ...]:
     """Every variant x seed of a sweep, each config validated before anything runs.
 
     Seed-major: every variant's first seed runs before any variant's second, so a sweep
-    stopped part-way has every variant at least once.
+    stopped part-way has every variant at least once. ``variants`` (shell globs) keeps
+    only the matching variants: a sweep of a subset is a sweep of its own.
     """
     runs = []
-    variants = bench.variants
-    if quick and bench.quick_variants:
-        variants = tuple(v for v in variants if v.name in bench.quick_variants)
+    chosen = select_variants(bench, variants)
+    if quick and bench.quick_variants and not variants:
+        chosen = tuple(v for v in chosen if v.name in bench.quick_variants)
     for seed in select_seeds(bench.seeds, seeds, quick):
-        for variant in variants:
+        for variant in chosen:
             raw = merge_config(bench, variant, seed, rounds=rounds, quick=quick,
                                experiment=experiment, tracking_uri=tracking_uri)
             where = f"[variants.{variant.name}] seed {seed}"
@@ -446,7 +464,7 @@ def _open_parent(bench: Benchmark, runs: tuple[PlannedRun, ...], digest: str, qu
             client.set_tag(parent, key, value)
         return client, exp_id, parent
     tags = {TAG_BENCH: bench.name, TAG_HASH: digest, TAG_QUICK: str(quick).lower(),
-            TAG_VARIANTS: ",".join(v.name for v in bench.variants),
+            TAG_VARIANTS: ",".join(dict.fromkeys(r.variant for r in runs)),
             TAG_SEEDS: ",".join(str(s) for s in sorted({r.seed for r in runs})),
             **_reference_tags(bench)}
     if bench.target_accuracy is not None:
@@ -653,7 +671,7 @@ def _redirect_logging(enabled: bool) -> Iterator[None]:
 def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int | None = None,
                   quick: bool = False, experiment: str = "", tracking_uri: str = "",
                   progress: bool = True, verbose: bool = False,
-                  resources: Any = None) -> SweepResult:
+                  resources: Any = None, variants: tuple[str, ...] = ()) -> SweepResult:
     """Run (or resume) every variant x seed of a benchmark as MLflow child runs.
 
     Parameters
@@ -678,6 +696,9 @@ def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int |
     resources
         Where the clients run (:class:`fedpers.simulation.Resources`; default: a local
         Ray with every CPU, one per client). Not part of a run's identity.
+    variants
+        Shell globs: only the matching variants run (a sweep of its own, whose finished
+        runs a later, larger sweep reuses).
 
     Returns
     -------
@@ -690,14 +711,15 @@ def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int |
     uri = resolve_tracking_uri(tracking_uri)
     experiment = experiment or default_experiment(bench, quick)
     runs = plan_runs(bench, seeds=seeds, rounds=rounds, quick=quick, experiment=experiment,
-                     tracking_uri=uri)
+                     tracking_uri=uri, variants=variants)
     digest = sweep_hash(bench, runs, quick)
     client, exp_id, parent = _open_parent(bench, runs, digest, quick, experiment, uri)
     done = _finished_children(client, exp_id, parent)
     _adopt_children(client, exp_id, bench, parent, runs, done)
     reused_idx = {i for i, r in enumerate(runs) if (r.variant, r.digest) in done}
+    n_variants = len({r.variant for r in runs})
     logger.info("benchmark %s: %d runs (%d variants x %d seeds), %d already finished",
-                bench.name, len(runs), len(bench.variants), len(runs) // len(bench.variants),
+                bench.name, len(runs), n_variants, len(runs) // n_variants,
                 len(reused_idx))
     # nothing left to run and a report written: its summary stays the description
     keep_note = len(reused_idx) == len(runs) and _has_report(client, parent)

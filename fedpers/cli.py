@@ -211,7 +211,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             quick=args.quick, experiment=args.experiment or "",
                             tracking_uri=args.tracking_uri or "",
                             progress=not args.no_progress, verbose=args.verbose,
-                            resources=resources)
+                            resources=resources,
+                            variants=tuple(v for v in (args.variants or "").split(",") if v))
     except RunInterrupted as exc:  # the run in progress is KILLED, finished ones are kept
         print(f"interrupted by {signal_name(exc.signum)}: the sweep stopped; run the same "
               f"command again to continue it (finished runs are reused)", file=sys.stderr)
@@ -376,10 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted sweep; then `fedpers report` makes its tables and plots.",
         ["fedpers bench benchmarks/quickstart --quick   # digits, 3 clients, 2 rounds, 1 seed",
          "fedpers bench benchmarks/quickstart --seeds 2 --rounds 5",
+         "fedpers bench benchmarks/personalization --variants '*-a5.0'  # a subset",
          "fedpers bench benchmarks/quickstart           # every variant x seed"])
     bench.add_argument("folder", help="benchmark folder, e.g. benchmarks/quickstart")
     bench.add_argument("--seeds", type=int, help="first N listed seeds (0..N-1 if fewer listed)")
     bench.add_argument("--rounds", type=int, help="override num-server-rounds of every run")
+    bench.add_argument("--variants", metavar="GLOB[,GLOB...]",
+                       help="only the variants whose names match (shell globs, comma-separated), "
+                            "e.g. 'none-a5.0,*-a5.0'")
     bench.add_argument("--quick", action="store_true",
                        help="small budget (digits, 3 clients, 2 rounds, first seed)")
     bench.add_argument("--experiment", help="MLflow experiment (default: the benchmark name)")
