@@ -9,8 +9,8 @@ The rule, per ``benchmarks/NAME/README.md``:
   method, aggregator) and columns headed ``seeds`` or ``reference``; header rows are
   skipped. A cell may hold several numbers (``0.7248 ± 0.0054``, ``0.907 ± 0.016 (+21.6)``,
   ``22.0 (2/3)``): each is checked on its own. Text (``not reached``, ``-``) has none.
-- **Where**: the benchmark's committed ``report/`` folder: ``*.md``, ``*.csv`` and
-  ``*.csv.gz`` files (``summary.md``, ``summary.csv``, ``reference.csv``, ``welch.csv``,
+- **Where**: the benchmark's committed ``report/`` folder and its subfolders: ``*.md``,
+  ``*.csv`` and ``*.csv.gz`` files (``summary.md``, ``summary.csv``, ``reference.csv``, ``welch.csv``,
   ``comparison.md``, ...). Every number in them is a source value ``v``, filed under
   the variant whose row it is in (a CSV's ``variant`` column; the first cell of a
   Markdown table row, when that names a variant) or, outside any variant's row (prose,
@@ -164,9 +164,10 @@ def _cell_numbers(cell: str) -> list[float]:
 
 
 def report_numbers(report_dir: Path) -> ReportNumbers:
-    """Every number in a report folder's ``*.md``, ``*.csv`` and ``*.csv.gz`` files."""
+    """Every number in a report folder's ``*.md``, ``*.csv`` and ``*.csv.gz`` files, its
+    subfolders' included (an earlier sweep kept beside a rerun, e.g. ``report/earlier/``)."""
     texts: dict[Path, str] = {}
-    for path in sorted(report_dir.iterdir()):
+    for path in sorted(p for p in report_dir.rglob("*") if p.is_file()):
         if path.name.endswith(".csv.gz"):
             texts[path] = gzip.decompress(path.read_bytes()).decode()
         elif path.suffix in (".csv", ".md"):
