@@ -19,11 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpers.codecs import DOWN_CODECS, SPARSE_VALUES
-
-
-class ConfigError(ValueError):
-    """A run-config key is unknown or its value is invalid."""
-
+from fedpers.errors import ConfigError
 
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 DEVICES = ("auto", "cpu", "cuda")
@@ -601,6 +597,12 @@ def _check_combination(cfg: RunConfig) -> None:
                           "'codec' is 'none', which sends everything")
     _check_devices(cfg)
     _check_virtual_nodes(cfg)
+    if cfg.dp == "none":
+        for key in ("dp-clip-norm", "dp-noise-multiplier", "dp-delta"):
+            value = getattr(cfg, _FIELDS[key].name)
+            if value != _FIELDS[key].default:
+                raise ConfigError(f"run-config key {key!r} = {value!r} needs differential "
+                                  f"privacy; set dp = 'client-clipping'")
 
 
 def clients_per_round(cfg: RunConfig) -> tuple[int, int]:

@@ -65,7 +65,10 @@ import numpy as np
 
 from fedpers.aggregation import Aggregator, build_aggregator, clip_updates, min_clients
 from fedpers.attacks import attackers
+from fedpers.data import TASKS
+from fedpers.errors import ConfigError
 from fedpers.training import effective_steps
+from strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -80,11 +83,7 @@ COORDINATE_WISE = ("median", "trimmed-mean")
 def check_robust_config(cfg: RunConfig) -> None:
     """Refuse combinations of ``aggregation``, ``clip-update-norm``, ``attack`` and the
     strategy or task that cannot work; ConfigError naming both keys."""
-    from fedpers.config import ConfigError
-    from fedpers.data import TASKS
-    from strategies import STRATEGIES
-
-    spec = STRATEGIES[cfg.strategy]
+    spec = STRATEGIES.get(cfg.strategy)
     if spec.extra_records and cfg.aggregation in ("krum", "multi-krum"):
         raise ConfigError(
             f"run-config key 'aggregation' = {cfg.aggregation!r} cannot be used with "

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpers.codecs import _format as f
+import fedpers.codecs._format as f
 from fedpers.codecs.base import TensorCodec, l2
 from fedpers.codecs.fp16 import FP16_MAX
 from fedpers.codecs.uniform import dequantise, quantise, quantise_error_bound

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedpers.codecs import _format as f
+import fedpers.codecs._format as f
 from fedpers.codecs.base import TensorCodec, l2
 
 FP16_MAX = float(np.finfo(np.float16).max)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedpers.codecs import _format as f
+import fedpers.codecs._format as f
 from fedpers.codecs.base import TensorCodec, l2
 
 PARAMS = struct.Struct("<IH")  # block size, levels

@@ -22,8 +22,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedpers.codecs import _format as f
-from fedpers.codecs import _sparse as sp
+import fedpers.codecs._format as f
+import fedpers.codecs._sparse as sp
 
 PARAMS = struct.Struct("<IQ")  # k, seed
 

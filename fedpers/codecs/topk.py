@@ -23,8 +23,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedpers.codecs import _format as f
-from fedpers.codecs import _sparse as sp
+import fedpers.codecs._format as f
+import fedpers.codecs._sparse as sp
 
 
 @dataclasses.dataclass(frozen=True)
