@@ -8,16 +8,17 @@ that cross the wire are measured on the sent form (``fedpers.comm``), so a
 codec's saving shows in ``comm/bytes_up`` without the codec reporting anything
 itself; ``encoded_nbytes(shape)`` gives the same size analytically.
 
-Entries hold default parameters; :func:`build_codec` applies the run config's
-(``quant-block-size``, ``qsgd-levels``, ``sparse-fraction``, ``sparse-values``).
+Entries are codecs with default parameters; ``entry.build(params)`` (a
+:class:`CodecParams`) gives the configured copy, and :func:`build_codec` builds the
+run's codec from a run config in one step.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fedpers.codecs._sparse import VALUE_TAGS
-from fedpers.codecs.base import Codec, CodecError
+from fedpers.codecs.base import Codec, CodecError, CodecParams
 from fedpers.codecs.fp16 import FP16Codec
 from fedpers.codecs.identity import IdentityCodec
 from fedpers.codecs.qsgd import QSGDCodec
@@ -25,8 +26,12 @@ from fedpers.codecs.randk import RandKCodec
 from fedpers.codecs.sign import ScaledSignCodec
 from fedpers.codecs.topk import TopKCodec
 from fedpers.codecs.uniform import UniformQuantizer
+from fedpers.registry import Registry
 
-CODECS: dict[str, Codec] = {
+if TYPE_CHECKING:
+    from fedpers.config import RunConfig
+
+CODECS: Registry[Codec] = Registry("codec", {
     "none": IdentityCodec(),
     "fp16": FP16Codec(),
     "q8": UniformQuantizer(bits=8),
@@ -36,7 +41,7 @@ CODECS: dict[str, Codec] = {
     "sign": ScaledSignCodec(),
     "topk": TopKCodec(),
     "randk": RandKCodec(),
-}
+})
 
 # Codecs the server may apply to its broadcast (``codec-down``).
 DOWN_CODECS = ("none", "fp16", "q8")
@@ -44,12 +49,18 @@ DOWN_CODECS = ("none", "fp16", "q8")
 SPARSE_VALUES = tuple(VALUE_TAGS)
 
 
-def build_codec(cfg: Any, name: str | None = None) -> Codec:
-    """The codec ``name`` (default: ``cfg.codec``) with the run config's parameters."""
-    key = cfg.codec if name is None else name
-    if key not in CODECS:
-        raise KeyError(f"unknown codec {key!r}; valid names: {', '.join(sorted(CODECS))}")
-    return CODECS[key].configure(cfg)
+def build_codec(cfg: RunConfig, name: str | None = None) -> Codec:
+    """The codec ``name`` (default: ``cfg.codec``) built from the config's compression
+    keys (:class:`CodecParams`).
+
+    Raises
+    ------
+    ConfigError
+        For a name ``CODECS`` does not hold (naming ``codec`` and the valid names).
+    """
+    params = CodecParams.from_config(cfg)
+    return CODECS.build(params.codec if name is None else name, params)
 
 
-__all__ = ["CODECS", "DOWN_CODECS", "SPARSE_VALUES", "Codec", "CodecError", "build_codec"]
+__all__ = ["CODECS", "DOWN_CODECS", "SPARSE_VALUES", "Codec", "CodecError", "CodecParams",
+           "build_codec"]

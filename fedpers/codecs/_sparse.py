@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import numpy as np
 
 import fedpers.codecs._format as f
-from fedpers.codecs.base import TensorCodec, l2
+from fedpers.codecs.base import CodecParams, TensorCodec, l2
 from fedpers.codecs.fp16 import FP16_MAX
 from fedpers.codecs.uniform import dequantise, quantise, quantise_error_bound
 
@@ -270,6 +269,6 @@ class SparseCodec(TensorCodec):
                 raise r.fail(f"bad header: unknown value dtype tag {vtag}")
             raise r.fail(f"bad header: values coded as {name}, this run uses {self.values}")
 
-    def configure(self, cfg: Any) -> SparseCodec:
-        return dataclasses.replace(self, fraction=float(cfg.sparse_fraction),
-                                   values=str(cfg.sparse_values))
+    def build(self, params: CodecParams) -> SparseCodec:
+        return dataclasses.replace(self, fraction=float(params.sparse_fraction),
+                                   values=str(params.sparse_values))

@@ -9,13 +9,47 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
+
+from fedpers.registry import Params
 
 
 class CodecError(ValueError):
     """An encoded payload is malformed (wrong length, bad header, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecParams(Params):
+    """The compression keys of a run config (``fedpers keys``, group Compression).
+
+    Attributes
+    ----------
+    codec : str
+        ``codec``: the upload codec's name.
+    codec_down : str
+        ``codec-down``: the broadcast codec's name.
+    error_feedback : bool
+        ``error-feedback``: clients keep what a lossy codec did not send.
+    quant_block_size : int
+        ``quant-block-size``: values per scale of q8/q4/q2, qsgd and sign (0 = one
+        scale per tensor).
+    qsgd_levels : int
+        ``qsgd-levels``: QSGD's levels s.
+    sparse_fraction : float
+        ``sparse-fraction``: share of each tensor top-k / rand-k send.
+    sparse_values : str
+        ``sparse-values``: how top-k / rand-k code the values they keep.
+    """
+
+    codec: str
+    codec_down: str
+    error_feedback: bool
+    quant_block_size: int
+    qsgd_levels: int
+    sparse_fraction: float
+    sparse_values: str
 
 
 class Codec(Protocol):
@@ -50,8 +84,8 @@ class Codec(Protocol):
         """A bound on ``||x - decode(encode(x))||_2`` that holds for every random draw."""
         ...
 
-    def configure(self, cfg: Any) -> Codec:
-        """A copy with the parameters the run config sets (duck-typed ``RunConfig``)."""
+    def build(self, params: CodecParams) -> Codec:
+        """This codec with the run's compression parameters (a configured copy)."""
         ...
 
 
@@ -103,7 +137,7 @@ class TensorCodec:
     def encoded_nbytes(self, shape: tuple[int, ...]) -> int:
         return self.nbytes(math.prod(shape))
 
-    def configure(self, cfg: Any) -> TensorCodec:
+    def build(self, params: CodecParams) -> TensorCodec:
         return self
 
 

@@ -7,11 +7,10 @@ array bytes (``4 * n`` for fp32) plus Flower's framing.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
-from fedpers.codecs.base import CodecError
+from fedpers.codecs.base import CodecError, CodecParams
 
 
 class IdentityCodec:
@@ -39,5 +38,5 @@ class IdentityCodec:
     def error_bound(self, x: np.ndarray) -> float:
         return 0.0
 
-    def configure(self, cfg: Any) -> IdentityCodec:
+    def build(self, params: CodecParams) -> IdentityCodec:
         return self

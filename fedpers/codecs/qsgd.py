@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 import fedpers.codecs._format as f
-from fedpers.codecs.base import TensorCodec, l2
+from fedpers.codecs.base import CodecParams, TensorCodec, l2
 
 PARAMS = struct.Struct("<IH")  # block size, levels
 
@@ -49,9 +49,9 @@ class QSGDCodec(TensorCodec):
     def width(self) -> int:
         return code_width(self.levels)
 
-    def configure(self, cfg: Any) -> QSGDCodec:
-        return dataclasses.replace(self, levels=int(cfg.qsgd_levels),
-                                   block=int(cfg.quant_block_size))
+    def build(self, params: CodecParams) -> QSGDCodec:
+        return dataclasses.replace(self, levels=int(params.qsgd_levels),
+                                   block=int(params.quant_block_size))
 
     def _norms(self, x: np.ndarray) -> np.ndarray:
         x64 = x.astype(np.float64)

@@ -14,12 +14,12 @@ block + ``ceil(n / 8)`` bytes of packed signs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 import fedpers.codecs._format as f
-from fedpers.codecs.base import TensorCodec
+from fedpers.codecs.base import CodecParams, TensorCodec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +29,8 @@ class ScaledSignCodec(TensorCodec):
     name: ClassVar[str] = "sign"
     tag: ClassVar[int] = 4
 
-    def configure(self, cfg: Any) -> ScaledSignCodec:
-        return dataclasses.replace(self, block=int(cfg.quant_block_size))
+    def build(self, params: CodecParams) -> ScaledSignCodec:
+        return dataclasses.replace(self, block=int(params.quant_block_size))
 
     def _scales(self, x: np.ndarray) -> np.ndarray:
         sums = f.block_sums(np.abs(x), self.block)

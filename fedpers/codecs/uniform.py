@@ -15,12 +15,12 @@ Size: 12-byte header (common header + u32 block size) + 8 bytes per block
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 import fedpers.codecs._format as f
-from fedpers.codecs.base import TensorCodec, l2
+from fedpers.codecs.base import CodecParams, TensorCodec, l2
 
 
 def quantise(x: np.ndarray, bits: int, block: int, rng: np.random.Generator
@@ -76,8 +76,8 @@ class UniformQuantizer(TensorCodec):
         if not 1 <= self.bits <= 16:
             raise ValueError(f"bits must be in 1..16, got {self.bits}")
 
-    def configure(self, cfg: Any) -> UniformQuantizer:
-        return dataclasses.replace(self, block=int(cfg.quant_block_size))
+    def build(self, params: CodecParams) -> UniformQuantizer:
+        return dataclasses.replace(self, block=int(params.quant_block_size))
 
     def _encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         lo, step, codes = quantise(x, self.bits, self.block, rng)

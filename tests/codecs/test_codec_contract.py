@@ -65,7 +65,7 @@ def sample(seed: int = 0) -> dict[str, np.ndarray]:
 def test_registry_names_and_protocol():
     for name, codec in CODECS.items():
         assert codec.name == name
-        for attr in ("encode", "decode", "encoded_nbytes", "error_bound", "configure",
+        for attr in ("encode", "decode", "encoded_nbytes", "error_bound", "build",
                      "lossy", "unbiased"):
             assert hasattr(codec, attr), (name, attr)
     assert not CODECS["none"].lossy

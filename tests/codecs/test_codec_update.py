@@ -304,7 +304,7 @@ def test_build_codec_applies_the_run_config():
     assert build_codec(cfg).fraction == 0.2 and build_codec(cfg).values == "q8"
     assert build_codec(cfg, "qsgd").levels == 3 and build_codec(cfg, "qsgd").block == 64
     assert build_codec(cfg, "q2").block == 64
-    with pytest.raises(KeyError, match="valid names"):
+    with pytest.raises(ConfigError, match="'codec': unknown name 'zip'; valid names"):
         build_codec(cfg, "zip")
 
 
