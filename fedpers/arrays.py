@@ -19,7 +19,8 @@ from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
-from flwr.common.constant import SType
+
+from fedpers.engine import NUMPY_STYPE
 
 _MAGIC = b"\x93NUMPY"
 _MAX_HEADER = 10_000  # np.load's default max_header_size
@@ -51,7 +52,7 @@ def to_array(arr: np.ndarray) -> Array:
         data = buffer.getvalue()
         if data.endswith(body) and len(_headers) < _CACHE_LIMIT:
             _headers[key] = data[:len(data) - len(body)]
-    return Array(dtype=str(arr.dtype), shape=tuple(arr.shape), stype=SType.NUMPY, data=data)
+    return Array(dtype=str(arr.dtype), shape=tuple(arr.shape), stype=NUMPY_STYPE, data=data)
 
 
 def _layout(data: bytes) -> tuple[int, tuple[np.dtype, tuple[int, ...], bool]] | None:
@@ -89,7 +90,7 @@ def _layout(data: bytes) -> tuple[int, tuple[np.dtype, tuple[int, ...], bool]] |
 def to_numpy(array: Array) -> np.ndarray:
     """``array.numpy()``: the same array (a writable copy), parsing each header once."""
     data = array.data
-    parsed = _layout(data) if array.stype == SType.NUMPY and isinstance(data, bytes) else None
+    parsed = _layout(data) if array.stype == NUMPY_STYPE and isinstance(data, bytes) else None
     if parsed is None:
         return array.numpy()
     start, (dtype, shape, fortran) = parsed

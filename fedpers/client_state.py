@@ -33,8 +33,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from flwr.app import RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+
+from fedpers.engine import recorddict_from_bytes, recorddict_to_bytes
 
 STATE_DIR_KEY = "client-state-dir"  # node config (and run config) key
 # ClientApp actions: message types "query.save_state", "query.load_state", "query.drop_state"
@@ -70,11 +70,12 @@ def _round_file(folder: Path, server_round: int) -> Path:
 
 def serialize(state: RecordDict) -> bytes:
     """The RecordDict as Flower serialises it (deterministic field order)."""
-    return recorddict_to_proto(state).SerializeToString(deterministic=True)
+    return recorddict_to_bytes(state)
 
 
 def deserialize(blob: bytes) -> RecordDict:
-    return recorddict_from_proto(ProtoRecordDict.FromString(blob))
+    """The RecordDict :func:`serialize` wrote."""
+    return recorddict_from_bytes(blob)
 
 
 def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:

@@ -14,23 +14,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from flwr.app import Message, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from fedpers.engine import wire_size
 
 
 def content_bytes(content: RecordDict) -> int:
-    """Serialized size in bytes of a RecordDict, as Flower sends it.
+    """Serialized size in bytes of a RecordDict, as Flower sends it
+    (:func:`fedpers.engine.wire_size`).
 
-    Sizing leaves nothing behind in the content: Flower's ``Array`` caches its chunks
-    (memoryview slices of its data) when its object id is computed, and the Simulation
-    Engine's Ray backend pickles that cache with the message, sending every array twice
-    to the worker (benchmarks/overhead/README.md, suspect 5). They are rebuilt when
-    needed.
+    Sizing leaves nothing behind in the content: the chunk cache Flower's ``Array``
+    builds while sizing is dropped, or the Simulation Engine's Ray backend would send
+    every array twice to the worker (benchmarks/overhead/README.md, suspect 5).
     """
-    objects = get_all_nested_objects(content)
-    size = sum(len(obj.deflate()) for obj in objects.values())
-    for obj in objects.values():
-        obj.__dict__.pop("_chunks", None)
-    return size
+    return wire_size(content)
 
 
 def messages_bytes(messages: Iterable[Message]) -> int:

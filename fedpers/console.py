@@ -29,6 +29,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from fedpers import engine
+
 logger = logging.getLogger(__name__)
 
 #: Lines that every run prints and that say nothing about this run (any level).
@@ -124,15 +126,12 @@ def flower_console(verbose: bool) -> None:
     Call it after importing ``flwr.simulation`` (its console handler exists from then
     on, and its warnings filter is in place).
     """
-    from flwr.common.logger import ConsoleHandler
-
     _flower_filter().verbose = verbose
     if _ignore_warnings:
         _ignore_known_warnings()
-    for handler in logging.getLogger("flwr").handlers:
-        if isinstance(handler, ConsoleHandler):
-            stream = handler.stream
-            handler.colored = bool(getattr(stream, "isatty", lambda: False)())
+    for handler in engine.flower_console_handlers():
+        stream = handler.stream
+        handler.colored = bool(getattr(stream, "isatty", lambda: False)())
 
 
 def keep_worker_line(line: str) -> bool:
@@ -161,16 +160,7 @@ def filter_worker_logs(verbose: bool) -> bool:
     """
     if verbose:
         return False
-    try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as disp
-    except ImportError:  # pragma: no cover - another Ray layout: lines stay as they are
-        return False
-    with disp._lock:
-        for i, (name, handle) in enumerate(disp.handlers):
-            if name == _RAY_HANDLER and not isinstance(handle, _FilteredHandler):
-                disp.handlers[i] = (name, _FilteredHandler(handle))
-                return True
-    return False
+    return engine.filter_ray_worker_output(_RAY_HANDLER, _FilteredHandler, _FilteredHandler)
 
 
 class _FilteredHandler:

@@ -35,7 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
 
 from clients import PERSONALIZERS
-from fedpers import client_state
+from fedpers import client_state, engine
 from fedpers import metrics as fm
 from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.checkpoint import (
@@ -733,10 +733,7 @@ def tune_simulation_grid(grid: Grid) -> Grid | StoppableGrid:
     Returns the grid the ServerApp uses: there, a :class:`~fedpers.interrupt.StoppableGrid`
     that stops waiting for replies when ``fedpers run`` is interrupted (SIGINT,
     SIGTERM: the ServerApp runs in a thread of that process); elsewhere ``grid``."""
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
-
-    if isinstance(grid, InMemoryGrid):
-        grid.pull_interval = min(grid.pull_interval, SIMULATION_PULL_INTERVAL)
+    if engine.lower_pull_interval(grid, SIMULATION_PULL_INTERVAL):
         return StoppableGrid(grid)
     return grid
 
@@ -747,10 +744,8 @@ def virtual_grid(cfg: RunConfig, grid: Grid | StoppableGrid,
     (``fedpers.virtual``) over the Simulation Engine's few SuperNodes."""
     if not cfg.virtual_nodes:
         return grid
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
-
     base = grid.inner if isinstance(grid, StoppableGrid) else grid
-    if not isinstance(base, InMemoryGrid):
+    if not engine.is_simulation_grid(base):
         raise ConfigError(f"run-config key 'virtual-nodes' = {cfg.virtual_nodes} works on "
                           f"the Simulation Engine only (this ServerApp runs on a "
                           f"{type(base).__name__}); in deployment each SuperNode is one "

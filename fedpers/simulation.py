@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedpers import console, interrupt
+from fedpers import console, engine, interrupt
 from fedpers.config import RunConfig
 from fedpers.tracking import Tracker, resolve_tracking_uri
 
@@ -146,8 +146,6 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
     starts, so an unreachable store fails fast.
     """
     from flwr.app import Context, RecordDict
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.telemetry import EventType
 
     from fedpers.client_app import app as default_client_app
 
@@ -178,16 +176,14 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
             with ray_session(backend["init_args"], verbose=verbose):
                 guard.install()  # ray.init put its own SIGTERM handler in place of ours
                 interrupt.check("before the simulation started")
-                _run_simulation(
+                engine.run_simulation_engine(
                     num_supernodes=num_supernodes(cfg),
-                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                     client_app=client_app or default_client_app,
                     server_app=server_app or default_server_app,
                     backend_config=backend,
                     server_app_context=context,
                     app_dir=tmp,
-                    is_app=True,
-                    verbose_logging=verbose,
+                    verbose=verbose,
                 )
             stopped = interrupt.take_interrupted()
             if stopped is not None:

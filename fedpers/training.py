@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedpers.engine import custom_torch_backend
+
 logger = logging.getLogger(__name__)
 
 GradHook = Callable[[nn.Module], None]
@@ -39,8 +41,7 @@ def _accelerator_present() -> bool:
         available = getattr(getattr(torch, name, None), "is_available", None)
         if available is not None:
             checks.append(available)
-    custom = torch._C._get_privateuse1_backend_name() != "privateuseone"
-    return custom or any(bool(check()) for check in checks)
+    return custom_torch_backend() or any(bool(check()) for check in checks)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -56,10 +56,10 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedpers import client_state
+from fedpers.engine import CLIENT_APP_EXCEPTION, set_reply_origin
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _serve_batch(msg: Message, context: Context, call_next: Any) -> Message:
             reply = _serve(msg, context, call_next, int(pid), num_partitions, state_key)
         except Exception as ex:  # noqa: BLE001 - one client's failure is its own reply
             logger.error("client %s failed in a packed call:\n%s", pid, traceback.format_exc())
-            results.append(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+            results.append(Error(code=CLIENT_APP_EXCEPTION,
                                  reason=f"{type(ex)}:<'{ex}'>"))
             continue
         results.append(reply.error if reply.has_error() else reply.content)
@@ -336,14 +336,12 @@ def _as_reply(reply: Message, part: RecordDict | Error | None, sender: int, j: i
         out = reply
     else:
         meta = copy.copy(reply.metadata)
-        meta.__dict__["_message_id"] = f"{reply.metadata.message_id}/{j}"
+        set_reply_origin(meta, sender=sender, message_id=f"{reply.metadata.message_id}/{j}")
         if part is None:
             part = reply.error
         out = (Message(error=part, metadata=meta) if isinstance(part, Error)
                else Message(content=part, metadata=meta))
-    # the reply as its client sent it: Flower's own way of setting metadata (Metadata
-    # has no setter for the sender)
-    out.metadata.__dict__["_src_node_id"] = sender
+    set_reply_origin(out.metadata, sender=sender)  # the reply as its client sent it
     return out
 
 

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAvg
 
 from fedpers.arrays import record_to_numpy, to_array_record
+from fedpers.engine import AggregationError
 from fedpers.training import effective_steps
 from strategies.base import TAKE_ALL, StrategySpec
 
