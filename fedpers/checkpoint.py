@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,22 +41,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from fedpers.checkpoint_files import FOLDER, file_name, list_rounds, prune
+from fedpers.checkpoint_files import store_error as _store_error
+
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
     from fedpers.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
-FOLDER = "checkpoints"  # artifact folder of the run
 MAGIC = b"FEDPERS-CKPT-1\n"
 FORMAT = 1
-KEEP = 2  # checkpoints kept: the newest and the one before (should the newest be torn)
 # keys that do not change what a run computes: a resumed run may differ in them
 RESUME_EXCLUDE = ("tracking-uri", "experiment", "mlflow-run-id", "checkpoint-every",
                   "client-state-dir")
 # a metric the round loop logs every round: its history says which rounds are logged
 ROUND_METRIC = "comm/bytes_up"
-_NAME = re.compile(r"^round-(\d+)\.ckpt$")
 
 
 class CheckpointError(RuntimeError):
@@ -75,10 +74,6 @@ class Checkpoint:
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.meta["config"])
-
-
-def file_name(server_round: int) -> str:
-    return f"round-{server_round:06d}.ckpt"
 
 
 # ------------------------------------------------------------------ the file format
@@ -186,66 +181,6 @@ def check_compatible(saved: Mapping[str, Any], cfg: RunConfig) -> None:
 
 
 # ------------------------------------------------------------------ the store
-def list_rounds(client: Any, run_id: str, tracking_uri: str) -> list[int]:
-    """Rounds with a checkpoint file in run ``run_id`` (verified or not), oldest first.
-
-    A run without checkpoints lists none; a store that fails raises
-    :class:`~fedpers.tracking.TrackingError` naming it and the cause.
-    """
-    try:
-        infos = client.list_artifacts(run_id, FOLDER)
-    except Exception as exc:
-        raise _store_error(f"cannot list the checkpoints of MLflow run {run_id}",
-                           tracking_uri, exc) from exc
-    found = (_NAME.match(Path(i.path).name) for i in infos if not i.is_dir)
-    return sorted(int(m.group(1)) for m in found if m)
-
-
-def prune(client: Any, run_id: str, tracking_uri: str, keep: int = KEEP) -> list[int]:
-    """Delete all but the newest ``keep`` checkpoints of run ``run_id``.
-
-    Never raises: a checkpoint that cannot be listed or deleted is logged as a
-    warning and stays for the next prune (each save prunes). Returns the rounds
-    still kept beyond ``keep``.
-    """
-    from fedpers.tracking import TrackingError
-
-    try:
-        old = list_rounds(client, run_id, tracking_uri)[:-keep]
-        artifact_uri = client.get_run(run_id).info.artifact_uri if old else ""
-    except Exception as exc:  # noqa: BLE001 - pruning never stops training
-        text = str(exc) if isinstance(exc, TrackingError) else f"{type(exc).__name__}: {exc}"
-        logger.warning("old checkpoints of MLflow run %s not pruned (%s); tried again at the "
-                       "next checkpoint", run_id, text)
-        return []
-    left = []
-    for rnd in old:
-        try:
-            from mlflow.store.artifact.artifact_repository_registry import (
-                get_artifact_repository,
-            )
-
-            get_artifact_repository(artifact_uri).delete_artifacts(f"{FOLDER}/{file_name(rnd)}")
-        except Exception as exc:  # noqa: BLE001 - e.g. an artifact store that cannot delete
-            left.append(rnd)
-            logger.warning("old checkpoint of round %d of MLflow run %s not deleted from %s "
-                           "(%s: %s); tried again at the next checkpoint", rnd, run_id,
-                           artifact_uri, type(exc).__name__, _short(exc))
-    return left
-
-
-def _store_error(what: str, tracking_uri: str, exc: BaseException) -> Exception:
-    from fedpers.tracking import TrackingError
-
-    return TrackingError(f"{what}: the MLflow store at {tracking_uri} failed "
-                         f"({type(exc).__name__}: {_short(exc)})")
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip()
-    text = text.splitlines()[0] if text else type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
-
 
 class CheckpointStore:
     """The checkpoints of one MLflow run (its ``checkpoints/`` artifact folder)."""

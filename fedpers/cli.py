@@ -86,7 +86,8 @@ def resolve_config(config: str | None, sets: list[str] | None, experiment: str |
 
 
 def print_summary(run_id: str, tracking_uri: str) -> None:
-    from fedpers.tracking import Tracker, TrackingError, ui_url
+    from fedpers.tracking import Tracker, ui_url
+    from fedpers.tracking_store import TrackingError
 
     try:
         client = Tracker.connect(tracking_uri)
@@ -129,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedpers.checkpoint import CheckpointError, resume_config
     from fedpers.interrupt import RunInterrupted
     from fedpers.simulation import run_simulation
-    from fedpers.tracking import TrackingError, resolve_tracking_uri
+    from fedpers.tracking_store import TrackingError, resolve_tracking_uri
 
     try:
         resources = _resources(args)
@@ -228,7 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fedpers.report import ReportError, make_report
-    from fedpers.tracking import resolve_tracking_uri
+    from fedpers.tracking_store import resolve_tracking_uri
 
     if (args.target is None) == (args.from_csv is None):
         print("error: name an experiment or parent run id, or give --from-csv DIR "
@@ -252,12 +253,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync_tracking(args: argparse.Namespace) -> int:
-    from fedpers.tracking_outbox import (
-        DEFAULT_FALLBACK_DIR,
-        ENV_FALLBACK_DIR,
-        TrackingOutboxError,
-        replay,
-    )
+    from fedpers.tracking_fallback import TrackingOutboxError, replay
+    from fedpers.tracking_outbox import DEFAULT_FALLBACK_DIR, ENV_FALLBACK_DIR
 
     path = args.path or os.environ.get(ENV_FALLBACK_DIR) or DEFAULT_FALLBACK_DIR
     if not args.path and not Path(path).exists():
@@ -491,8 +488,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from fedpers.detect import DetectError
     from fedpers.devices import DeviceError
     from fedpers.report import ReportError
-    from fedpers.tracking import TrackingError
-    from fedpers.tracking_outbox import TrackingOutboxError
+    from fedpers.tracking_fallback import TrackingOutboxError
+    from fedpers.tracking_store import TrackingError
 
     return (ConfigError, BenchmarkError, CheckpointError, DataError, DetectError, DeviceError,
             ReportError, TrackingError, TrackingOutboxError)

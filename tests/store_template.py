@@ -15,7 +15,7 @@ _template: list[Path] = []
 
 def fresh_store(folder: Path, name: str = "mlflow.db") -> str:
     """The URI of a new, empty, fully migrated sqlite store ``folder/name``."""
-    from fedpers.tracking import prepare_store
+    from fedpers.tracking_store import prepare_store
 
     if not _template:
         path = Path(tempfile.mkdtemp(prefix="fedpers-store-template-")) / "mlflow.db"

@@ -38,7 +38,8 @@ from fedpers.checkpoint import (
     strategy_state,
 )
 from fedpers.config import parse_run_config
-from fedpers.tracking import Tracker, TrackingError
+from fedpers.tracking import Tracker
+from fedpers.tracking_store import TrackingError
 from strategies import STRATEGIES
 
 

@@ -17,8 +17,9 @@ from store_template import fresh_store
 
 from fedpers.checkpoint import Checkpoint, CheckpointStore, resume_config
 from fedpers.cli import main
-from fedpers.tracking import Tracker, TrackingError
-from fedpers.tracking_outbox import replay
+from fedpers.tracking import Tracker
+from fedpers.tracking_fallback import replay
+from fedpers.tracking_store import TrackingError
 
 
 class FlakyClient:

@@ -8,7 +8,8 @@ import pytest
 from fedpers.config import parse_run_config
 from fedpers.run_params import APPLIES, BOOKKEEPING_KEYS, applicable_params, bookkeeping_tags
 from fedpers.server_app import RejectReasons
-from fedpers.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, Tracker, ensure_experiment
+from fedpers.tracking import Tracker
+from fedpers.tracking_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ensure_experiment
 
 
 def _params(**overrides):

@@ -29,7 +29,8 @@ from mlflow.tracking import MlflowClient
 from fedpers.client_app import build_client_app
 from fedpers.config import parse_run_config
 from fedpers.simulation import run_simulation
-from fedpers.tracking_outbox import http_limits, read_fallback
+from fedpers.tracking_fallback import read_fallback
+from fedpers.tracking_records import http_limits
 
 pytestmark = pytest.mark.slow
 

@@ -21,17 +21,17 @@ from mlflow.protos.databricks_pb2 import (
     TEMPORARILY_UNAVAILABLE,
 )
 
-from fedpers.tracking import Tracker, TrackingError
-from fedpers.tracking_outbox import (
-    Outbox,
+from fedpers.tracking import Tracker
+from fedpers.tracking_fallback import read_fallback, replay
+from fedpers.tracking_outbox import Outbox
+from fedpers.tracking_records import (
     Record,
     http_limits,
     is_local_store,
     is_transient,
-    read_fallback,
-    replay,
     send_to_mlflow,
 )
+from fedpers.tracking_store import TrackingError
 
 RUN = "run0"
 URI = "http://127.0.0.1:1"

@@ -1,5 +1,5 @@
 """Opening MLflow stores: many processes on one new sqlite store, and stores that
-cannot be used fail at once with one line naming them (fedpers.tracking.prepare_store)."""
+cannot be used fail at once with one line naming them (fedpers.tracking_store.prepare_store)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from conftest import metric_history
 from store_template import fresh_store
 
 from fedpers.cli import main
-from fedpers.tracking import Tracker, TrackingError, ensure_experiment, prepare_store
+from fedpers.tracking import Tracker
+from fedpers.tracking_store import TrackingError, ensure_experiment, prepare_store
 
 
 def _one_error_line(err: str) -> str:
@@ -136,9 +137,9 @@ def test_a_half_migrated_store_is_named(tmp_path):
 
 def _fake_schema(path: Path, revision: str) -> None:
     """Every table MLflow's tracking store needs (empty, one column), at ``revision``."""
-    import fedpers.tracking as tracking
+    import fedpers.tracking_store as store
 
-    _, needed = tracking._schema_head()
+    _, needed = store._schema_head()
     con = sqlite3.connect(path)
     for table in needed:
         con.execute(f'CREATE TABLE "{table}" (x INTEGER)')
@@ -162,13 +163,13 @@ def test_a_store_of_another_schema_revision_is_named(tmp_path):
 WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import fedpers.tracking as tracking
+    from fedpers.tracking import Tracker
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - imports before the start
     uri, go, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     print("ready", flush=True)
     while not go.exists():
         time.sleep(0.005)
-    tr = tracking.Tracker.start(uri, "race")
+    tr = Tracker.start(uri, "race")
     tr.log_params({"seed": 1, "task": "digits"})
     for rnd in range(1, rounds + 1):
         tr.log_metrics({"comm/bytes_up": 100.0 * rnd, "eval/global_accuracy": rnd / 10,
@@ -240,16 +241,16 @@ def test_two_fedpers_runs_start_together_on_a_new_store(tmp_path):
 def test_the_lock_lets_one_thread_create_and_the_others_wait(tmp_path, monkeypatch):
     """In-process stand-in for the race: four threads prepare one new store; the
     schema is created once (MLflow's creation is replaced by a slow marker)."""
-    import fedpers.tracking as tracking
+    import fedpers.tracking_store as store
 
     created: list[int] = []
 
     def slow_create(uri: str, path: Path) -> None:
         created.append(threading.get_ident())
         time.sleep(0.2)
-        _fake_schema(path, tracking._schema_head()[0])
+        _fake_schema(path, store._schema_head()[0])
 
-    monkeypatch.setattr(tracking, "_create_schema", slow_create)
+    monkeypatch.setattr(store, "_create_schema", slow_create)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     errors: list[BaseException] = []
 
