@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from fedpers.config import parse_run_config
-from fedpers.selection import SELECTORS, ClientStats
+from fedpers.selection import SELECTORS, ClientStats, build_selector
 
 
 @pytest.mark.parametrize("name", sorted(SELECTORS))
 def test_selector_is_reproducible_and_valid(name):
     # every client fits a 10 s deadline (selection=deadline needs one); more contract
     # tests over SELECTORS: tests/selection/test_selector_contract.py
-    sel = SELECTORS[name].configure(parse_run_config(
+    sel = build_selector(parse_run_config(
         {"selection": name, "device-profile": "lognormal", "round-deadline": 10.0}))
     cands = list(range(20))
     stats = ClientStats()

@@ -15,6 +15,30 @@ from typing import Protocol
 
 import numpy as np
 
+from fedpers.registry import Params
+
+
+@dataclass(frozen=True)
+class AggregationParams(Params):
+    """The run-config keys of the robust aggregation rules.
+
+    Attributes
+    ----------
+    aggregation : str
+        ``aggregation``: the rule's name.
+    trim_fraction : float
+        ``trim-fraction``: share trimmed-mean drops from each side.
+    krum_f : int
+        ``krum-f``: Byzantine clients Krum and Multi-Krum assume.
+    multi_krum_m : int
+        ``multi-krum-m``: updates Multi-Krum keeps (0 = n - f).
+    """
+
+    aggregation: str
+    trim_fraction: float
+    krum_f: int
+    multi_krum_m: int
+
 
 @dataclass(frozen=True)
 class Aggregate:

@@ -22,7 +22,7 @@ import numpy as np
 from fedpers.aggregation.base import Aggregate, as_matrix
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+    from fedpers.aggregation.base import AggregationParams
 
 
 def min_clients(f: int) -> int:
@@ -70,8 +70,8 @@ class Krum:
             raise ValueError(f"krum: f must be >= 0, got {self.f}")
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> Krum:
-        return cls(f=cfg.krum_f)
+    def build(cls, params: AggregationParams) -> Krum:
+        return cls(f=params.krum_f)
 
     def aggregate(self, updates: np.ndarray) -> Aggregate:
         scores = krum_scores(updates, self.f)

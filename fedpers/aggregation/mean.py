@@ -14,7 +14,7 @@ import numpy as np
 from fedpers.aggregation.base import Aggregate, as_matrix
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+    from fedpers.aggregation.base import AggregationParams
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Mean:
     selects_clients: bool = False
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> Mean:
+    def build(cls, params: AggregationParams) -> Mean:
         return cls()
 
     def aggregate(self, updates: np.ndarray) -> Aggregate:

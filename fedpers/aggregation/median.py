@@ -16,7 +16,7 @@ import numpy as np
 from fedpers.aggregation.base import Aggregate, as_matrix
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+    from fedpers.aggregation.base import AggregationParams
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Median:
     selects_clients: bool = False
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> Median:
+    def build(cls, params: AggregationParams) -> Median:
         return cls()
 
     def aggregate(self, updates: np.ndarray) -> Aggregate:

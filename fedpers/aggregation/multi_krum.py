@@ -21,7 +21,7 @@ from fedpers.aggregation.base import Aggregate
 from fedpers.aggregation.krum import krum_scores
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+    from fedpers.aggregation.base import AggregationParams
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class MultiKrum:
             raise ValueError(f"multi-krum: f and m must be >= 0, got f={self.f}, m={self.m}")
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> MultiKrum:
-        return cls(f=cfg.krum_f, m=cfg.multi_krum_m)
+    def build(cls, params: AggregationParams) -> MultiKrum:
+        return cls(f=params.krum_f, m=params.multi_krum_m)
 
     def kept(self, n: int) -> int:
         """How many of ``n`` updates are kept."""

@@ -20,7 +20,7 @@ import numpy as np
 from fedpers.aggregation.base import Aggregate, as_matrix
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+    from fedpers.aggregation.base import AggregationParams
 
 
 def trimmed_count(n: int, beta: float) -> int:
@@ -47,8 +47,8 @@ class TrimmedMean:
             raise ValueError(f"trimmed mean: beta must be in [0, 0.5), got {self.beta}")
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> TrimmedMean:
-        return cls(beta=cfg.trim_fraction)
+    def build(cls, params: AggregationParams) -> TrimmedMean:
+        return cls(beta=params.trim_fraction)
 
     def aggregate(self, updates: np.ndarray) -> Aggregate:
         u = as_matrix(updates)

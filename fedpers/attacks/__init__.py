@@ -1,6 +1,7 @@
 """Simulated Byzantine clients (``attack=``), one attack per file, pure numpy.
 
-``ATTACKS`` maps each name to its class. Which clients attack depends only on the
+``ATTACKS`` maps each name to its class, whose ``build`` classmethod makes it from the
+:class:`AttackParams`. Which clients attack depends only on the
 run seed and the partition id (:func:`attackers`): ``round(attack-fraction *
 num-clients)`` of them, the same in every round, on every machine, and known to
 the server's metrics (``attack/*``) but not to its aggregation. The ClientApp
@@ -15,24 +16,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedpers.attacks.base import Attack, global_norm
+from fedpers.attacks.base import Attack, AttackParams, global_norm
 from fedpers.attacks.label_flip import LabelFlip
 from fedpers.attacks.noise import Noise
 from fedpers.attacks.none import NoAttack
 from fedpers.attacks.scale import Scale
 from fedpers.attacks.sign_flip import SignFlip
+from fedpers.registry import Registry
 from fedpers.training import derive_seed
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
 
-ATTACKS: dict[str, type] = {
+ATTACKS: Registry[type] = Registry("attack", {
     "none": NoAttack,
     "sign-flip": SignFlip,
     "scale": Scale,
     "noise": Noise,
     "label-flip": LabelFlip,
-}
+})
 
 # Tags that keep these random streams apart from the other uses of the run seed.
 SEED_ATTACKERS = 30  # which clients attack
@@ -40,10 +42,17 @@ SEED_ATTACK = 31  # the attack's own draws (noise), per round and client
 
 
 def build_attack(cfg: RunConfig) -> Attack:
-    if cfg.attack not in ATTACKS:
-        raise ValueError(f"unknown attack {cfg.attack!r}; valid names: "
-                         f"{', '.join(sorted(ATTACKS))}")
-    return ATTACKS[cfg.attack].from_config(cfg)
+    """The attack named by ``attack``, built from the config's attack keys
+    (:class:`AttackParams`).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name (naming ``attack`` and listing the valid names).
+    """
+    params = AttackParams.from_config(cfg)
+    attack: Attack = ATTACKS.build(params.attack, params)
+    return attack
 
 
 def attackers(cfg: RunConfig) -> frozenset[int]:
@@ -84,5 +93,5 @@ def poison_update(cfg: RunConfig, partition_id: int, server_round: int,
     return out
 
 
-__all__ = ["ATTACKS", "Attack", "attackers", "build_attack", "global_norm", "poison_labels",
-           "poison_update"]
+__all__ = ["ATTACKS", "Attack", "AttackParams", "attackers", "build_attack", "global_norm",
+           "poison_labels", "poison_update"]

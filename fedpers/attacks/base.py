@@ -9,9 +9,31 @@ strategy's extra reply records (SCAFFOLD's control update is sent honestly).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from fedpers.registry import Params
+
+
+@dataclass(frozen=True)
+class AttackParams(Params):
+    """The run-config keys of the simulated attacks.
+
+    Attributes
+    ----------
+    attack : str
+        ``attack``: the attack's name.
+    attack_fraction : float
+        ``attack-fraction``: share of clients that attack.
+    attack_scale : float
+        ``attack-scale``: strength s of sign-flip, scale and noise.
+    """
+
+    attack: str
+    attack_fraction: float
+    attack_scale: float
 
 
 class Attack(Protocol):

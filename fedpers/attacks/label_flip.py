@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+    from fedpers.attacks.base import AttackParams
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class LabelFlip:
     poisons_labels: bool = True
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> LabelFlip:
+    def build(cls, params: AttackParams) -> LabelFlip:
         return cls()
 
     def update(self, update: dict[str, np.ndarray], rng: np.random.Generator

@@ -17,7 +17,7 @@ import numpy as np
 from fedpers.attacks.base import global_norm
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+    from fedpers.attacks.base import AttackParams
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class Noise:
     poisons_labels: bool = False
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> Noise:
-        return cls(scale=cfg.attack_scale)
+    def build(cls, params: AttackParams) -> Noise:
+        return cls(scale=params.attack_scale)
 
     def update(self, update: dict[str, np.ndarray], rng: np.random.Generator
                ) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+    from fedpers.attacks.base import AttackParams
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class NoAttack:
     poisons_labels: bool = False
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> NoAttack:
+    def build(cls, params: AttackParams) -> NoAttack:
         return cls()
 
     def update(self, update: dict[str, np.ndarray], rng: np.random.Generator

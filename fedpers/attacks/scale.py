@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+    from fedpers.attacks.base import AttackParams
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,8 @@ class Scale:
     poisons_labels: bool = False
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> Scale:
-        return cls(scale=cfg.attack_scale)
+    def build(cls, params: AttackParams) -> Scale:
+        return cls(scale=params.attack_scale)
 
     def update(self, update: dict[str, np.ndarray], rng: np.random.Generator
                ) -> dict[str, np.ndarray]:

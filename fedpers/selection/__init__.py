@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedpers.selection.base import ClientRecord, ClientStats, Selector, jain_index
+from fedpers.registry import Registry
+from fedpers.selection.base import (
+    ClientRecord,
+    ClientStats,
+    SelectionParams,
+    Selector,
+    jain_index,
+)
 from fedpers.selection.deadline import DeadlineSelector
 from fedpers.selection.oort import OortSelector
 from fedpers.selection.pow_d import PowerOfChoice
@@ -20,18 +27,20 @@ from fedpers.selection.uniform import UniformSelector
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
 
-SELECTORS: dict[str, Selector] = {
+SELECTORS: Registry[Selector] = Registry("selection", {
     "uniform": UniformSelector(),
     "pow-d": PowerOfChoice(),
     "deadline": DeadlineSelector(),
     "oort": OortSelector(),
-}
+})
 
 
 def build_selector(cfg: RunConfig) -> Selector:
-    """The ``selection=`` selector with its parameters from the run config."""
-    return SELECTORS[cfg.selection].configure(cfg)
+    """The ``selection=`` selector built from the config's selection keys
+    (:class:`SelectionParams`)."""
+    params = SelectionParams.from_config(cfg)
+    return SELECTORS.build(params.selection, params)
 
 
-__all__ = ["SELECTORS", "ClientRecord", "ClientStats", "Selector", "build_selector",
-           "jain_index"]
+__all__ = ["SELECTORS", "ClientRecord", "ClientStats", "SelectionParams", "Selector",
+           "build_selector", "jain_index"]

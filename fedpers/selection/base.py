@@ -11,12 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from fedpers.registry import Params
+
+
+@dataclass(frozen=True)
+class SelectionParams(Params):
+    """The run-config keys client selection reads.
+
+    Attributes
+    ----------
+    selection : str
+        ``selection``: the selector's name.
+    pow_d : int
+        ``pow-d``: candidates pow-d samples per round (0 = 2 x the round size).
+    round_deadline : float
+        ``round-deadline``: simulated seconds per round (deadline's cut-off, Oort's
+        preferred round time; 0 = none).
+    """
+
+    selection: str
+    pow_d: int
+    round_deadline: float
 
 
 @dataclass
@@ -81,8 +100,8 @@ def jain_index(values: Sequence[float]) -> float:
 
 
 class Selector(Protocol):
-    def configure(self, cfg: RunConfig) -> Selector:
-        """This selector with its parameters taken from the run config."""
+    def build(self, params: SelectionParams) -> Selector:
+        """This selector with its parameters taken from the selection keys."""
         ...
 
     def select(self, server_round: int, candidates: Sequence[int], num: int,

@@ -20,22 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedpers.selection.base import ClientStats
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from fedpers.selection.base import ClientStats, SelectionParams
 
 
 @dataclass(frozen=True)
 class DeadlineSelector:
     deadline_s: float = 0.0  # round-deadline, simulated seconds
 
-    def configure(self, cfg: RunConfig) -> DeadlineSelector:
-        return replace(self, deadline_s=cfg.round_deadline)
+    def build(self, params: SelectionParams) -> DeadlineSelector:
+        return replace(self, deadline_s=params.round_deadline)
 
     def fits(self, expected_s: float | None) -> bool:
         return expected_s is not None and expected_s <= self.deadline_s

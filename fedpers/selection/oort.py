@@ -35,14 +35,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedpers.selection.base import ClientStats
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from fedpers.selection.base import ClientStats, SelectionParams
 
 
 @dataclass(frozen=True)
@@ -56,8 +52,8 @@ class OortSelector:
     clip_quantile: float = 0.9
     preferred_percentile: float = 30.0
 
-    def configure(self, cfg: RunConfig) -> OortSelector:
-        return replace(self, preferred_s=cfg.round_deadline)
+    def build(self, params: SelectionParams) -> OortSelector:
+        return replace(self, preferred_s=params.round_deadline)
 
     # ------------------------------------------------------------ pieces
     def explore_share(self, server_round: int) -> float:

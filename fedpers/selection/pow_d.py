@@ -21,22 +21,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedpers.selection.base import ClientStats
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from fedpers.selection.base import ClientStats, SelectionParams
 
 
 @dataclass(frozen=True)
 class PowerOfChoice:
     d: int = 0  # candidates sampled per round; 0 = 2 x the round size
 
-    def configure(self, cfg: RunConfig) -> PowerOfChoice:
-        return replace(self, d=cfg.pow_d)
+    def build(self, params: SelectionParams) -> PowerOfChoice:
+        return replace(self, d=params.pow_d)
 
     def select(self, server_round: int, candidates: Sequence[int], num: int,
                rng: np.random.Generator, stats: ClientStats | None = None) -> list[int]:

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from fedpers.config import RunConfig
-    from fedpers.selection.base import ClientStats
+    from fedpers.selection.base import ClientStats, SelectionParams
 
 
 class UniformSelector:
-    def configure(self, cfg: RunConfig) -> UniformSelector:
+    def build(self, params: SelectionParams) -> UniformSelector:
         return self
 
     def select(self, server_round: int, candidates: Sequence[int], num: int,
