@@ -198,7 +198,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fedpers.bench import run_benchmark
+    from fedpers.bench_sweep import run_benchmark
 
     try:
         resources = _resources(args)
@@ -482,7 +482,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean bad input (a config, a file, a run id, a store):
     ``main`` prints their message as one ``error:`` line and exits with status 2. Any
     other exception is a bug: its traceback is printed and the status is 1."""
-    from fedpers.bench import BenchmarkError
+    from fedpers.bench_definition import BenchmarkError
     from fedpers.checkpoint import CheckpointError
     from fedpers.data import DataError
     from fedpers.detect import DetectError

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from fedpers.bench import (
+from fedpers.bench_tags import (
     TAG_BENCH,
     TAG_HASH,
     TAG_REFERENCE_FRACTION,

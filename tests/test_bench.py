@@ -15,19 +15,10 @@ import pytest
 from conftest import ROOT
 from mlflow.tracking import MlflowClient
 
-from fedpers import bench
-from fedpers.bench import (
-    QUICK_DEFAULTS,
-    TAG_DIGEST,
-    TAG_PARENT,
-    TAG_VARIANT,
-    BenchmarkError,
-    load_benchmark,
-    merge_config,
-    plan_runs,
-    select_seeds,
-    sweep_hash,
-)
+from fedpers import bench_sweep
+from fedpers.bench_definition import QUICK_DEFAULTS, BenchmarkError, load_benchmark
+from fedpers.bench_plan import merge_config, plan_runs, select_seeds, sweep_hash
+from fedpers.bench_tags import TAG_BENCH, TAG_DIGEST, TAG_PARENT, TAG_SEED, TAG_VARIANT
 from fedpers.cli import main
 
 BENCHMARKS = sorted(p for p in (ROOT / "benchmarks").iterdir()
@@ -191,7 +182,7 @@ def test_invalid_definitions_fail_before_running(case, tmp_path, monkeypatch):
     monkeypatch.setattr("fedpers.simulation.run_simulation", must_not_run)
     folder = write_bench(tmp_path / "bad", text)
     with pytest.raises(BenchmarkError) as info:
-        bench.run_benchmark(folder, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        bench_sweep.run_benchmark(folder, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
                             progress=False)
     assert message in str(info.value)
     assert str(folder) in str(info.value)
@@ -302,7 +293,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_children(tmp_pa
             os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the Ray processes it started
         proc.wait()
 
-    res = bench.run_benchmark(folder, seeds=1, tracking_uri=uri, progress=False)
+    res = bench_sweep.run_benchmark(folder, seeds=1, tracking_uri=uri, progress=False)
     assert res.reused == (first,)
     assert len(res.ran) == 1 and not res.failed
     children = _children(uri, res.parent_run_id)
@@ -316,7 +307,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_children(tmp_pa
         if c.info.run_id in finished:
             assert c.data.tags[TAG_DIGEST] == c.data.tags["fedpers.config_digest"]
     # a finished sweep reruns nothing and keeps its parent
-    again = bench.run_benchmark(folder, seeds=1, tracking_uri=uri, progress=False)
+    again = bench_sweep.run_benchmark(folder, seeds=1, tracking_uri=uri, progress=False)
     assert again.parent_run_id == res.parent_run_id
     assert again.ran == () and set(again.reused) == finished
 
@@ -342,8 +333,6 @@ def test_each_benchmark_runs_quick_end_to_end(folder, tmp_path, monkeypatch):
 
 
 def test_quick_variants_limit_quick_sweeps_only(tmp_path):
-    from fedpers.bench import BenchmarkError, load_benchmark, plan_runs
-
     folder = tmp_path / "qv"
     folder.mkdir()
     (folder / "README.md").write_text("# qv\n")
@@ -367,27 +356,27 @@ def test_a_sweep_with_more_seeds_adopts_the_finished_runs_of_a_smaller_one(tmp_p
 
     def fake_child(run, bench_, parent, client, progress, verbose, resources=None):
         from fedpers.tracking import Tracker
-        tags = {TAG_PARENT: parent, bench.TAG_BENCH: bench_.name, TAG_VARIANT: run.variant,
-                bench.TAG_SEED: str(run.seed), TAG_DIGEST: run.digest}
+        tags = {TAG_PARENT: parent, TAG_BENCH: bench_.name, TAG_VARIANT: run.variant,
+                TAG_SEED: str(run.seed), TAG_DIGEST: run.digest}
         tracker = Tracker.start(run.cfg.tracking_uri, run.cfg.experiment,
                                 run_name=run.run_name, tags=tags)
         tracker.finish("FINISHED")
         calls.append((run.variant, run.seed))
         return tracker.run_id
 
-    monkeypatch.setattr(bench, "_run_child", fake_child)
-    first = bench.run_benchmark(folder, seeds=1, tracking_uri=uri, progress=False)
+    monkeypatch.setattr(bench_sweep, "_run_child", fake_child)
+    first = bench_sweep.run_benchmark(folder, seeds=1, tracking_uri=uri, progress=False)
     assert calls == [("lr-a", 0), ("lr-b", 0)]
     calls.clear()
-    second = bench.run_benchmark(folder, seeds=2, tracking_uri=uri, progress=False)
+    second = bench_sweep.run_benchmark(folder, seeds=2, tracking_uri=uri, progress=False)
     assert second.parent_run_id != first.parent_run_id
     assert calls == [("lr-a", 1), ("lr-b", 1)]  # seed 0 is not run again
     assert set(second.reused) == set(first.ran)
     moved = _children(uri, second.parent_run_id)
-    assert {(c.data.tags[TAG_VARIANT], c.data.tags[bench.TAG_SEED]) for c in moved} == \
+    assert {(c.data.tags[TAG_VARIANT], c.data.tags[TAG_SEED]) for c in moved} == \
         {("lr-a", "0"), ("lr-b", "0"), ("lr-a", "1"), ("lr-b", "1")}
     assert _children(uri, first.parent_run_id) == []  # moved, not copied
     # a sweep of a changed config adopts nothing
     calls.clear()
-    bench.run_benchmark(folder, seeds=1, rounds=1, tracking_uri=uri, progress=False)
+    bench_sweep.run_benchmark(folder, seeds=1, rounds=1, tracking_uri=uri, progress=False)
     assert calls == [("lr-a", 0), ("lr-b", 0)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedpers.bench import BenchmarkError, load_benchmark, plan_runs, sweep_hash
+from fedpers.bench_definition import BenchmarkError, load_benchmark
+from fedpers.bench_plan import plan_runs, sweep_hash
 
 FOLDER = "benchmarks/personalization"
 

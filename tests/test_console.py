@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 from store_template import fresh_store
 
-from fedpers import bench, cli, console
+from fedpers import bench_progress, bench_sweep, bench_tags, cli, console
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[")
@@ -209,9 +209,9 @@ def test_bench_in_a_pipe_prints_one_line_per_run_and_no_bar(tmp_path, monkeypatc
 
     def fake_child(run, bench_, parent, client, progress, verbose, resources=None):
         from fedpers.tracking import Tracker
-        tags = {bench.TAG_PARENT: parent, bench.TAG_BENCH: bench_.name,
-                bench.TAG_VARIANT: run.variant, bench.TAG_SEED: str(run.seed),
-                bench.TAG_DIGEST: run.digest}
+        tags = {bench_tags.TAG_PARENT: parent, bench_tags.TAG_BENCH: bench_.name,
+                bench_tags.TAG_VARIANT: run.variant, bench_tags.TAG_SEED: str(run.seed),
+                bench_tags.TAG_DIGEST: run.digest}
         tracker = Tracker.start(run.cfg.tracking_uri, run.cfg.experiment,
                                 run_name=run.run_name, tags=tags)
         progress.at_round(1)
@@ -219,7 +219,7 @@ def test_bench_in_a_pipe_prints_one_line_per_run_and_no_bar(tmp_path, monkeypatc
         tracker.finish("FINISHED")
         return tracker.run_id
 
-    monkeypatch.setattr(bench, "_run_child", fake_child)
+    monkeypatch.setattr(bench_sweep, "_run_child", fake_child)
     _venv(tmp_path, monkeypatch, "fedpers")
     monkeypatch.setenv("PATH", "/nonexistent")
     uri = fresh_store(tmp_path)
@@ -235,14 +235,14 @@ def test_progress_bar_on_a_terminal(monkeypatch, capsys):
     monkeypatch.setattr(console, "interactive", lambda: True)
     runs = tuple(SimpleNamespace(cfg=SimpleNamespace(num_server_rounds=3), run_name=f"r{i}")
                  for i in range(2))
-    progress = bench._Progress(runs, set(), enabled=True)
+    progress = bench_progress.Progress(runs, set(), enabled=True)
     assert progress.shown
     progress.at_round(2)
     progress.run_done(runs[0])
     progress.close()
     assert "\r" in capsys.readouterr().err  # a bar that redraws
     monkeypatch.setattr(console, "interactive", lambda: False)
-    assert not bench._Progress(runs, set(), enabled=True).shown
+    assert not bench_progress.Progress(runs, set(), enabled=True).shown
 
 
 # ------------------------------------------------------------ end to end (slow)

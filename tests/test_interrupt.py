@@ -143,13 +143,13 @@ def test_interrupted_message_says_how_to_resume():
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_sweep_exits_with_the_signal_status_and_one_line(monkeypatch, capsys,
                                                                        signum):
-    import fedpers.bench
+    import fedpers.bench_sweep
     from fedpers import cli
 
     def stopped(*args, **kwargs):
         raise RunInterrupted(signum, "in round 2")
 
-    monkeypatch.setattr(fedpers.bench, "run_benchmark", stopped)
+    monkeypatch.setattr(fedpers.bench_sweep, "run_benchmark", stopped)
     assert cli.main(["bench", "benchmarks/quickstart", "--no-progress"]) == 128 + signum
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -8,7 +8,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from fedpers.bench import (
+from fedpers.bench_tags import (
     TAG_BENCH,
     TAG_HASH,
     TAG_PARENT,

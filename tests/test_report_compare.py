@@ -16,7 +16,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from fedpers.bench import (
+from fedpers.bench_tags import (
     TAG_BENCH,
     TAG_HASH,
     TAG_PARENT,

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_report import fake_sweep  # noqa: F401 - the fixture
 
-from fedpers.bench import TAG_REFERENCES
+from fedpers.bench_tags import TAG_REFERENCES
 from fedpers.report import DESCRIPTION_TAG, MAX_DESCRIPTION, make_report, parent_description
 
 
@@ -53,7 +53,10 @@ def test_a_long_description_is_cut_to_what_mlflow_takes(tmp_path):
 def test_the_sweep_note_gives_way_to_a_report(fake_sweep, tmp_path):  # noqa: F811
     """``fedpers bench`` writes its own short note only while a report's summary is not
     the description, or when it runs something (then the report is out of date)."""
-    from fedpers.bench import TAG_NOTE, _has_report, load_benchmark, plan_runs, sweep_note
+    from fedpers.bench_definition import load_benchmark
+    from fedpers.bench_plan import plan_runs
+    from fedpers.bench_sweep import _has_report, sweep_note
+    from fedpers.bench_tags import TAG_NOTE
 
     uri, parent = fake_sweep
     client = MlflowClient(tracking_uri=uri)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from fedpers.bench import load_benchmark, merge_config
+from fedpers.bench_definition import load_benchmark
+from fedpers.bench_plan import merge_config
 from fedpers.config import parse_run_config
 
 HERE = Path(__file__).resolve().parent
