@@ -113,7 +113,7 @@ class ReportMeta:
     reference_fraction: float = 1.0
     kind: str = CLASSIFICATION
     experiment_id: str = ""
-    # the round selection a report used (see fedpers.report.Selection)
+    # the round selection a report used (see fedpers.report_tables.Selection)
     last: int | None = None
     best: bool = False
 

@@ -7,15 +7,13 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from fedpers.report_compare import Comparison
 from fedpers.report_data import ACC, TIME_TOTAL, UP_TOTAL, ChildRun
-
-if TYPE_CHECKING:
-    from fedpers.report import Comparison
 
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_uplink.png", "client_accuracy.png")
 TIME_PLOT = "accuracy_vs_time.png"  # only where the runs logged the simulated clock

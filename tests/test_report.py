@@ -19,7 +19,9 @@ from fedpers.bench_tags import (
     TAG_VARIANTS,
 )
 from fedpers.cli import main
-from fedpers.report import PLOTS, TIME_PLOT, ReportError, make_report
+from fedpers.report import make_report
+from fedpers.report_data import ReportError
+from fedpers.report_plots import PLOTS, TIME_PLOT
 
 # variant -> seed -> round -> (global acc, client mean, client p10, bytes up, bytes down)
 # Bytes per round: 1 MB up and 2 MB down for "fast", half that for "slim".

@@ -28,7 +28,10 @@ from fedpers.bench_tags import (
     TAG_VARIANTS,
 )
 from fedpers.cli import main
-from fedpers.report import COMPARISON_FIELDS, COMPARISON_PLOT, ReportError, make_report
+from fedpers.report import make_report
+from fedpers.report_compare import COMPARISON_FIELDS
+from fedpers.report_data import ReportError
+from fedpers.report_plots import COMPARISON_PLOT
 
 ACC, CMEAN, CP10 = ("eval/global_accuracy", "eval/client_accuracy_mean",
                     "eval/client_accuracy_p10")
