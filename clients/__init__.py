@@ -1,7 +1,8 @@
 """Client halves: local update rules and personalisation methods, one per file.
 
 ``LOCAL_UPDATES`` holds how a client trains the model it is given (a strategy's
-client half); ``PERSONALIZERS`` holds which parameters stay private and how the
+client half, named by its ``StrategySpec.local_update``: no run-config key, so a
+plain dict); ``PERSONALIZERS`` holds which parameters stay private and how the
 client builds and evaluates its own model. The one ClientApp
 (``fedpers.client_app``) composes one of each.
 """
@@ -18,6 +19,7 @@ from clients.none import NoPersonalization
 from clients.proximal import ProximalUpdate
 from clients.scaffold import ScaffoldUpdate
 from clients.sgd import SGDUpdate
+from fedpers.registry import Registry
 
 LOCAL_UPDATES: dict[str, LocalUpdate] = {
     "sgd": SGDUpdate(),
@@ -25,7 +27,9 @@ LOCAL_UPDATES: dict[str, LocalUpdate] = {
     "scaffold": ScaffoldUpdate(),
 }
 
-PERSONALIZERS: dict[str, Personalizer] = {
+# Personalisers take no parameters at construction (they read their keys from the
+# LocalContext's config when they run): entries are used through PERSONALIZERS.get.
+PERSONALIZERS: Registry[Personalizer] = Registry("personalization", {
     "none": NoPersonalization(),
     "local": LocalOnly(),
     "finetune": FineTune(),
@@ -34,6 +38,6 @@ PERSONALIZERS: dict[str, Personalizer] = {
     "fedbn": FedBN(),
     "ditto": Ditto(),
     "apfl": APFL(),
-}
+})
 
 __all__ = ["LOCAL_UPDATES", "PERSONALIZERS", "LocalContext", "LocalUpdate", "Personalizer"]

@@ -20,6 +20,7 @@ from typing import Any
 
 from fedpers.codecs import DOWN_CODECS, SPARSE_VALUES
 from fedpers.errors import ConfigError
+from fedpers.registry import Registry
 
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 DEVICES = ("auto", "cpu", "cuda")
@@ -505,10 +506,16 @@ def _coerce(key: str, value: Any, target: Any) -> Any:
     return str(value)
 
 
-# Component registries are checked here so that a bad name fails before any work.
-# Each entry maps a config key to a function returning that registry (imported
-# lazily: the registries import torch and Flower).
-def _registries() -> dict[str, Mapping[str, Any]]:
+def registries() -> dict[str, Registry[Any]]:
+    """The component registries by run-config key (``task``, ``strategy``,
+    ``personalization``, ``codec``, ``selection``, ``aggregation``, ``attack``, ``dp``).
+
+    Config parsing checks every name against them so that a bad name fails before any
+    work. They are imported here, when first needed, not at the top: together they
+    import torch and Flower (seconds), which ``fedpers --help`` and parsing without
+    name checks do without. None of them imports this module (components take
+    ``RunConfig`` only as a type), so this is no import cycle.
+    """
     from clients import PERSONALIZERS
     from fedpers.aggregation import AGGREGATORS
     from fedpers.attacks import ATTACKS
@@ -518,16 +525,12 @@ def _registries() -> dict[str, Mapping[str, Any]]:
     from fedpers.selection import SELECTORS
     from strategies import STRATEGIES
 
-    return {
-        "task": TASKS,
-        "strategy": STRATEGIES,
-        "personalization": PERSONALIZERS,
-        "codec": CODECS,
-        "selection": SELECTORS,
-        "aggregation": AGGREGATORS,
-        "attack": ATTACKS,
-        "dp": DP_MODES,
-    }
+    found: tuple[Registry[Any], ...] = (TASKS, STRATEGIES, PERSONALIZERS, CODECS, SELECTORS,
+                                        AGGREGATORS, ATTACKS, DP_MODES)
+    return {r.key: r for r in found}
+
+
+_registries = registries  # the name tests/golden/runs.py imports
 
 
 def parse_run_config(raw: Mapping[str, Any], check_names: bool = True) -> RunConfig:
@@ -551,21 +554,18 @@ def parse_run_config(raw: Mapping[str, Any], check_names: bool = True) -> RunCon
                 raise ConfigError(f"run-config key '{key}' = {value!r}: {problem}")
         values[f.name] = value
     if check_names:
-        for key, registry in _registries().items():
-            name = values[_FIELDS[key].name]
-            if name not in registry:
-                raise ConfigError(f"run-config key '{key}': unknown name {name!r}; "
-                                  f"valid names: {', '.join(sorted(registry))}")
+        for key, registry in registries().items():
+            registry.get(values[_FIELDS[key].name])
     cfg = RunConfig(**values)
     _check_combination(cfg)
-    if check_names:  # issue 8: combinations that need the strategy and task registries
+    if check_names:  # combinations that need the strategy and task registries
         from fedpers.data import TASKS
         from fedpers.privacy import check_dp_config
         from fedpers.robust import check_robust_config
 
         check_robust_config(cfg)
-        check_dp_config(cfg)  # issue 8: differential privacy
-        if cfg.client_model_dir and TASKS[cfg.task].kind != "anomaly":
+        check_dp_config(cfg)
+        if cfg.client_model_dir and TASKS.get(cfg.task).kind != "anomaly":
             raise ConfigError(f"run-config key 'client-model-dir' keeps each client's anomaly "
                               f"detector; task {cfg.task!r} is not an anomaly task")
     return cfg
@@ -777,18 +777,18 @@ def key_group(key: str) -> KeyGroup | None:
     return next((g for g in KEY_GROUPS if key in g.keys), None)
 
 
-def describe_keys(registries: bool = True) -> list[KeyInfo]:
+def describe_keys(with_names: bool = True) -> list[KeyInfo]:
     """Every run-config key with its meaning, type, default, group and valid values,
     in declaration order.
 
     Parameters
     ----------
-    registries : bool
+    with_names : bool
         List the valid names of the component keys (``strategy``, ``codec``, ...) from
         their registries; this imports torch and Flower. Keys with a fixed list of
         choices (``partition``, ``device``, ...) always have them.
     """
-    names = {k: tuple(r) for k, r in _registries().items()} if registries else {}
+    names = {k: r.names() for k, r in registries().items()} if with_names else {}
     out = []
     for key, f in _FIELDS.items():
         check = f.metadata["check"]
@@ -813,6 +813,7 @@ __all__ = [
     "load_config_file",
     "parse_run_config",
     "parse_set_args",
+    "registries",
     "toml_literal",
     "dataclasses",
 ]

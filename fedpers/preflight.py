@@ -112,7 +112,7 @@ def _check_builders(cfg: RunConfig) -> None:
     from strategies import STRATEGIES
 
     steps: list[tuple[str, Any]] = [
-        ("strategy", lambda: STRATEGIES[cfg.strategy].build(cfg)),
+        ("strategy", lambda: STRATEGIES.build(cfg.strategy, cfg)),
         ("selection", lambda: build_selector(cfg)),
         ("dp", lambda: build_privacy(cfg)),
         ("aggregation", lambda: build_aggregator(cfg)),

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from fedpers.errors import ConfigError
 
 E = TypeVar("E")
+_REQUIRED = object()  # Registry.get without a default
 P = TypeVar("P", bound="Params")
 
 
@@ -68,10 +69,12 @@ class Registry(Generic[E]):
 
     Notes
     -----
-    Read-only: ``name in registry``, ``iter(registry)`` (the names), ``len``,
-    ``registry[name]`` (same as :meth:`get`), :meth:`keys`, :meth:`items` and
-    :meth:`values` work as on a dict; there is no way to add an entry after the
-    literal.
+    ``name in registry``, ``iter(registry)`` (the names), ``len``, ``registry[name]``
+    (same as :meth:`get`), :meth:`keys`, :meth:`items` and :meth:`values` work as on a
+    dict. ``registry[name] = entry`` and ``del registry[name]`` change this process's
+    registry only: enough to try a component by hand, not for a run, whose clients
+    import the registries afresh in other processes (a new entry belongs in the
+    literal).
     """
 
     def __init__(self, key: str, entries: Mapping[str, E]) -> None:
@@ -82,18 +85,21 @@ class Registry(Generic[E]):
         """The registered names, in registration order."""
         return tuple(self._entries)
 
-    def get(self, name: str) -> E:
-        """The entry called ``name``.
+    def get(self, name: str, default: Any = _REQUIRED) -> E:
+        """The entry called ``name`` (``default``, where given, for an unknown name, as
+        ``dict.get``: lets tools that treat a registry as a mapping work).
 
         Raises
         ------
         ConfigError
-            For an unknown name; the message names the run-config key and lists
-            the valid names.
+            For an unknown name and no ``default``; the message names the run-config
+            key and lists the valid names.
         """
         try:
             return self._entries[name]
         except (KeyError, TypeError):
+            if default is not _REQUIRED:
+                return default  # type: ignore[no-any-return]
             raise unknown_name(self.key, name, self.names()) from None
 
     def build(self, name: str, params: Any) -> Any:
@@ -103,6 +109,12 @@ class Registry(Generic[E]):
 
     def __getitem__(self, name: str) -> E:
         return self.get(name)
+
+    def __setitem__(self, name: str, entry: E) -> None:
+        self._entries[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._entries

@@ -1,4 +1,4 @@
-"""The robust-aggregation layer of the round loop (issue 8): norm clipping and a robust
+"""The robust-aggregation layer of the round loop: norm clipping and a robust
 aggregator (``fedpers.aggregation``) applied to a round's checked replies *before*
 the strategy's own ``aggregate_train``, so that it composes with every strategy.
 

@@ -32,7 +32,7 @@ def _codecs(cfg: RunConfig) -> set[str]:
 def _anomaly(cfg: RunConfig) -> bool:
     from fedpers.data import TASKS
 
-    spec = TASKS.get(cfg.task)
+    spec = TASKS.get(cfg.task, None)
     return spec is not None and spec.kind == "anomaly"
 
 

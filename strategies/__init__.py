@@ -1,10 +1,11 @@
 """Server halves of federated algorithms, one per file.
 
 ``STRATEGIES`` maps each ``strategy=`` name to a :class:`StrategySpec`: how to build
-the Flower strategy from the run config and which client-side local update rule
-(in ``clients.LOCAL_UPDATES``) it pairs with.
+the Flower strategy from the run config (``STRATEGIES.build(name, cfg)``) and which
+client-side local update rule (in ``clients.LOCAL_UPDATES``) it pairs with.
 """
 
+from fedpers.registry import Registry
 from strategies.base import StrategySpec
 from strategies.fedadam import FEDADAM
 from strategies.fedavg import FEDAVG
@@ -14,7 +15,7 @@ from strategies.fedprox import FEDPROX
 from strategies.fedyogi import FEDYOGI
 from strategies.scaffold import SCAFFOLD
 
-STRATEGIES: dict[str, StrategySpec] = {
+STRATEGIES: Registry[StrategySpec] = Registry("strategy", {
     "fedavg": FEDAVG,
     "fedprox": FEDPROX,
     "scaffold": SCAFFOLD,
@@ -22,6 +23,6 @@ STRATEGIES: dict[str, StrategySpec] = {
     "fedadam": FEDADAM,
     "fedyogi": FEDYOGI,
     "fedavgm": FEDAVGM,
-}
+})
 
 __all__ = ["STRATEGIES", "StrategySpec"]

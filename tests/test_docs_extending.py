@@ -66,8 +66,8 @@ def restore_registries() -> Iterator[None]:
         yield
     finally:
         for registry, before in zip(REGISTRIES, saved, strict=True):
-            registry.clear()
-            registry.update(before)
+            for name in set(registry) - set(before):
+                del registry[name]
 
 
 @pytest.fixture

@@ -18,10 +18,13 @@ from fedpers.data.fmnist_ad import FmnistAdTask
 from fedpers.data.npz import NpzTask
 from fedpers.data.shakespeare import ShakespeareTask
 from fedpers.data.shuttle_ad import ShuttleAdTask
+from fedpers.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-TASKS: dict[str, Task] = {
+# A task takes no parameters of its own: its data is described by a DataSpec
+# (DataSpec.from_config) and loaded by load_federated; entries are used through get.
+TASKS: Registry[Task] = Registry("task", {
     "digits": DigitsTask(),
     "fmnist": FmnistTask(),
     "fmnist-bn": FmnistBNTask(),
@@ -29,22 +32,19 @@ TASKS: dict[str, Task] = {
     "shuttle-ad": ShuttleAdTask(),
     "fmnist-ad": FmnistAdTask(),
     "shakespeare": ShakespeareTask(),
-}
+})
 
 
 def get_task(name: str) -> Task:
-    """The registered task called ``name``.
+    """The registered task called ``name`` (``TASKS.get(name)``).
 
     Raises
     ------
-    ValueError
-        For an unknown name; the message lists the valid ones.
+    ConfigError
+        For an unknown name; the message names the key ``task`` and lists the valid
+        names.
     """
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; valid names: {', '.join(sorted(TASKS))}") \
-            from None
+    return TASKS.get(name)
 
 
 @functools.lru_cache(maxsize=4)

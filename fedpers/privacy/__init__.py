@@ -1,4 +1,4 @@
-"""Differential privacy (issue 8): ``dp=`` modes, their config checks and accounting.
+"""Differential privacy: ``dp=`` modes, their config checks and accounting.
 
 ``dp = "client-clipping"`` is DP-FedAvg with client-side fixed clipping and central
 Gaussian noise (``fedpers.privacy.dpfedavg``, arXiv:1710.06963); the budget spent
@@ -26,26 +26,35 @@ losses or speeds, which is itself a release of private information).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fedpers.errors import ConfigError
 from fedpers.privacy.accountant import RdpAccountant
-from fedpers.privacy.dpfedavg import DpFedAvg, clip_update
+from fedpers.privacy.dpfedavg import DpFedAvg, DpParams, clip_update
+from fedpers.registry import Registry
 from strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
 
-# dp= name -> the server half (None: no differential privacy)
-DP_MODES: dict[str, Callable[[RunConfig], DpFedAvg | None]] = {
-    "none": lambda cfg: None,
-    "client-clipping": lambda cfg: DpFedAvg(cfg.dp_clip_norm, cfg.dp_noise_multiplier,
-                                            cfg.seed),
-}
 
-__all__ = ["DP_MODES", "DpFedAvg", "PrivacyLayer", "RdpAccountant", "build_privacy",
-           "check_dp_config", "clip_update", "sampling_rate"]
+
+class NoPrivacy:
+    """``dp = "none"``: no server half."""
+
+    @classmethod
+    def build(cls, params: DpParams) -> None:
+        return None
+
+
+# dp= name -> the server half's factory (``build(DpParams)``; None: no privacy)
+DP_MODES: Registry[type] = Registry("dp", {
+    "none": NoPrivacy,
+    "client-clipping": DpFedAvg,
+})
+
+__all__ = ["DP_MODES", "DpFedAvg", "DpParams", "NoPrivacy", "PrivacyLayer", "RdpAccountant",
+           "build_privacy", "check_dp_config", "clip_update", "sampling_rate"]
 
 
 def clients_per_round(cfg: RunConfig) -> int:
@@ -104,12 +113,13 @@ class PrivacyLayer:
     """What the round loop uses: the server half of the ``dp`` mode and its accountant."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        server = DP_MODES[cfg.dp](cfg)
+        params = DpParams.from_config(cfg)
+        server = DP_MODES.build(params.dp, params)
         if server is None:
             raise ValueError("PrivacyLayer needs dp != 'none'")
         self.server = server
-        self.accountant = RdpAccountant(sampling_rate(cfg), cfg.dp_noise_multiplier,
-                                        cfg.dp_delta)
+        self.accountant = RdpAccountant(sampling_rate(cfg), params.dp_noise_multiplier,
+                                        params.dp_delta)
 
     def metrics(self, releases: int) -> dict[str, float]:
         """``privacy/epsilon`` after ``releases`` aggregated rounds (and the count)."""

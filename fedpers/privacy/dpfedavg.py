@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedpers.registry import Params
 from fedpers.training import derive_seed
 
 if TYPE_CHECKING:
@@ -76,6 +77,31 @@ class DpOutcome:
     metrics: dict[str, float]
 
 
+@dataclass(frozen=True)
+class DpParams(Params):
+    """The run-config keys differential privacy reads.
+
+    Attributes
+    ----------
+    dp : str
+        ``dp``: the mode's name.
+    dp_clip_norm : float
+        ``dp-clip-norm``: the L2 bound C of each client's update.
+    dp_noise_multiplier : float
+        ``dp-noise-multiplier``: z, the noise std on the sum is z C.
+    dp_delta : float
+        ``dp-delta``: the delta at which epsilon is logged.
+    seed : int
+        ``seed``: the run seed the noise is drawn from.
+    """
+
+    dp: str
+    dp_clip_norm: float
+    dp_noise_multiplier: float
+    dp_delta: float
+    seed: int
+
+
 class DpFedAvg:
     """The server half: re-clip, sum, add seeded Gaussian noise, divide by ``m``.
 
@@ -93,6 +119,11 @@ class DpFedAvg:
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
         self.seed = int(seed)
+
+    @classmethod
+    def build(cls, params: DpParams) -> DpFedAvg:
+        """The server half with ``dp-clip-norm``, ``dp-noise-multiplier`` and the seed."""
+        return cls(params.dp_clip_norm, params.dp_noise_multiplier, params.seed)
 
     def noise_std(self, selected: int) -> float:
         """Per-coordinate noise std on the average: ``z C / m``."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedpers.config import ConfigError
 from fedpers.data import TASKS, DataSpec, FederatedData, get_task, load_federated
 from fedpers.data.fmnist import find_fmnist_dir
 
@@ -106,7 +107,8 @@ def test_registry_names_match_tasks():
 
 
 def test_unknown_task_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown task 'cifar'; valid names: digits, fmnist"):
+    with pytest.raises(ConfigError,
+                       match="'task': unknown name 'cifar'; valid names: digits, fmnist"):
         get_task("cifar")
 
 
