@@ -11,7 +11,8 @@ from importlib.metadata import version
 
 import pytest
 
-from fedpers.cli import build_parser, main
+from fedpers.cli import main
+from fedpers.cli_parser import build_parser
 
 COMMANDS = ["run", "bench", "report", "detect", "keys", "sync-tracking"]
 

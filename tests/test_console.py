@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 from store_template import fresh_store
 
-from fedpers import bench_progress, bench_sweep, bench_tags, cli, console
+from fedpers import bench_progress, bench_sweep, bench_tags, cli, cli_commands, console
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[")
@@ -175,7 +175,7 @@ def test_run_summary_hint_is_runnable(tmp_path, monkeypatch, capsys):
     tracker.finish("FINISHED")
     _venv(tmp_path, monkeypatch, "mlflow")
     monkeypatch.setenv("PATH", "/nonexistent")
-    cli.print_summary(tracker.run_id, uri)
+    cli_commands.print_summary(tracker.run_id, uri)
     out = capsys.readouterr().out
     assert f"open it with: .venv/bin/mlflow ui --backend-store-uri {uri}" in out
     # and the page that opens on the run in the model-training view

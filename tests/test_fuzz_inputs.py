@@ -255,7 +255,7 @@ def toml_file(draw) -> bytes:
 def no_simulation(monkeypatch):
     """``fedpers run`` parses and resolves its config, then stops (no data, Ray, MLflow)."""
     monkeypatch.setattr("fedpers.simulation.run_simulation", lambda cfg, **kw: "stub-run")
-    monkeypatch.setattr("fedpers.cli.print_summary", lambda run_id, uri: None)
+    monkeypatch.setattr("fedpers.cli_commands.print_summary", lambda run_id, uri: None)
 
 
 @SETTINGS

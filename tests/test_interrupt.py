@@ -125,7 +125,7 @@ def test_stoppable_grid_waits_for_replies_until_a_stop_is_requested():
 
 
 def test_interrupted_message_says_how_to_resume():
-    from fedpers.cli import interrupted_message
+    from fedpers.cli_commands import interrupted_message
     from fedpers.console import command
 
     exc = RunInterrupted(signal.SIGINT)
