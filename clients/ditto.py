@@ -20,30 +20,17 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING
 
-import torch
-
 from clients._personal import load_arrays, load_state, model_arrays, personal_sgd, save_state
+from clients.proximal import proximal_hook
 
 if TYPE_CHECKING:
     from torch import nn
 
     from clients.base import LocalContext, LocalUpdate
-    from fedpers.training import GradHook, TrainResult
+    from fedpers.training import TrainResult
 
 STATE_KEY = "ditto-personal"
 SEED_PERSONAL = 53
-
-
-def pull_hook(anchor: dict[str, torch.Tensor], lam: float) -> GradHook:
-    """A grad hook adding ``lam * (v - anchor)`` to each parameter's gradient."""
-
-    @torch.no_grad()
-    def hook(m: nn.Module) -> None:
-        for name, p in m.named_parameters():
-            if p.grad is not None and name in anchor:
-                p.grad.add_(p - anchor[name], alpha=lam)
-
-    return hook
 
 
 def personal_model(model: nn.Module, lc: LocalContext) -> nn.Module | None:
@@ -67,10 +54,9 @@ class Ditto:
         personal = personal_model(model, lc)
         if personal is None:  # first time selected: v starts as the global model
             personal = copy.deepcopy(model)
-        anchor = {k: p.detach().to(lc.device, copy=True) for k, p in model.named_parameters()}
+        pull = proximal_hook(model, lc.cfg.ditto_lambda, lc.device)  # towards w as received
         result = update.train(model, lc)
-        personal_sgd(personal, lc, lc.cfg.local_epochs, SEED_PERSONAL,
-                     grad_hook=pull_hook(anchor, lc.cfg.ditto_lambda))
+        personal_sgd(personal, lc, lc.cfg.local_epochs, SEED_PERSONAL, grad_hook=pull)
         save_state(lc, STATE_KEY, model_arrays(personal))
         return result
 

@@ -28,7 +28,13 @@ MU_KEY = "proximal-mu"
 def proximal_hook(model: nn.Module, mu: float, device: torch.device,
                   skip: frozenset[str] = frozenset()) -> GradHook:
     """A grad hook adding ``mu * (w - w0)``, with ``w0`` the parameters as they are now
-    (parameters named in ``skip``, e.g. a personaliser's private ones, get no term)."""
+    (parameters named in ``skip``, e.g. a personaliser's private ones, get no term): the
+    gradient of ``mu/2 * ||w - w0||^2``.
+
+    The one proximal pull of every local rule that has one: FedProx's term towards the
+    global model as sent, and Ditto's pull of the personal model towards the global one
+    (``clients.ditto``, ``mu = ditto-lambda``).
+    """
     start = {name: p.detach().to(device, copy=True) for name, p in model.named_parameters()
              if name not in skip}
 

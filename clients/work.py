@@ -41,8 +41,10 @@ def full_steps(cfg: RunConfig, num_train: int) -> int:
     return cfg.local_epochs * math.ceil(num_train / cfg.batch_size)
 
 
-def step_budget(cfg: RunConfig, partition_id: int, num_train: int) -> int | None:
-    """At most this many local steps for this client (``None``: no limit)."""
+def straggler_steps(cfg: RunConfig, partition_id: int, num_train: int) -> int | None:
+    """The local steps a straggler completes (``straggler-work`` of :func:`full_steps`,
+    at least 1); ``None`` for a client that is not one. The client's own limit, apart
+    from the server's (:func:`server_budget`)."""
     if partition_id not in stragglers(cfg):
         return None
     return max(1, int(math.floor(cfg.straggler_work * full_steps(cfg, num_train))))
@@ -61,7 +63,7 @@ def local_sgd(model: nn.Module, lc: LocalContext,
     the server's step budget."""
     cfg = lc.cfg
     x, y = lc.data.x_train, lc.data.y_train
-    budgets = [b for b in (step_budget(cfg, lc.partition_id, len(x)), server_budget(lc))
+    budgets = [b for b in (straggler_steps(cfg, lc.partition_id, len(x)), server_budget(lc))
                if b is not None]
     return train_local(model, x, y, kind=lc.kind, epochs=cfg.local_epochs,
                        batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,

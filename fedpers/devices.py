@@ -248,9 +248,11 @@ def time_round(seconds: Mapping[int, float], deadline: float = 0.0) -> RoundTimi
     return RoundTiming(float(duration), finished, late)
 
 
-def step_budget(profile: DeviceProfile, deadline: float, batch_size: int, bytes_down: float,
-                bytes_up: float) -> int:
-    """Local steps that fit the deadline after the transfers (at least 1)."""
+def steps_within_deadline(profile: DeviceProfile, deadline: float, batch_size: int,
+                          bytes_down: float, bytes_up: float) -> int:
+    """Local steps a device with ``profile`` fits into ``deadline`` after the transfers
+    (at least 1), all quantities known. :meth:`Clock.step_budget` estimates the upload
+    and gives the budget the server sends."""
     left = deadline - bytes_down / profile.down_bps - bytes_up / profile.up_bps
     return max(1, int(math.floor(left * profile.compute_sps / batch_size)))
 
@@ -296,11 +298,12 @@ class Clock:
 
     def step_budget(self, partition_id: int, batch_size: int, bytes_down: float,
                     fallback_bytes: float) -> int:
-        """Steps that fit the deadline; the upload is estimated from the client's last
-        one (or ``fallback_bytes``), with a 10% margin."""
+        """The step budget the server sends (``max-steps``): the steps that fit the
+        deadline (:func:`steps_within_deadline`), the upload estimated from the client's
+        last one (or ``fallback_bytes``), with a 10% margin."""
         up = self.last_bytes.get(partition_id, (0, fallback_bytes))[1]
-        return step_budget(self.profiles[partition_id], self.deadline, batch_size,
-                           bytes_down, 1.1 * up)
+        return steps_within_deadline(self.profiles[partition_id], self.deadline, batch_size,
+                                     bytes_down, 1.1 * up)
 
     def end_round(self, seconds: Mapping[int, float]) -> RoundTiming:
         timing = time_round(seconds, self.deadline)
@@ -339,6 +342,6 @@ __all__ = [
     "lognormal_profiles",
     "reported_profile",
     "samples_processed",
-    "step_budget",
+    "steps_within_deadline",
     "time_round",
 ]

@@ -21,7 +21,7 @@ from fedpers.devices import (
     lognormal_profiles,
     reported_profile,
     samples_processed,
-    step_budget,
+    steps_within_deadline,
     time_round,
 )
 
@@ -82,8 +82,8 @@ def test_samples_processed_is_exact_for_local_sgd():
 
 def test_step_budget_fits_the_deadline_after_the_transfers():
     # 10 s deadline, 1 s down (4 MB), 2 s up (2 MB): 7 s of compute = 700 samples
-    assert step_budget(P, 10.0, batch_size=32, bytes_down=4e6, bytes_up=2e6) == 21
-    assert step_budget(P, 1.0, batch_size=32, bytes_down=4e6, bytes_up=2e6) == 1  # >= 1
+    assert steps_within_deadline(P, 10.0, batch_size=32, bytes_down=4e6, bytes_up=2e6) == 21
+    assert steps_within_deadline(P, 1.0, batch_size=32, bytes_down=4e6, bytes_up=2e6) == 1  # >= 1
     clock = Clock({0: P}, seed=0, deadline=10.0)
     clock.seconds(0, 0, 0, bytes_up=2e6 / 1.1)  # its last upload; 10% margin on top
     assert clock.step_budget(0, 32, bytes_down=4e6, fallback_bytes=9e9) == 21

@@ -7,7 +7,7 @@ import pytest
 from strategy_helpers import local_context, one_weight
 
 from clients import LOCAL_UPDATES
-from clients.work import full_steps, step_budget, stragglers
+from clients.work import full_steps, straggler_steps, stragglers
 from fedpers.config import ConfigError, config_keys, parse_run_config
 
 
@@ -27,10 +27,10 @@ def test_budget_is_the_share_of_full_local_work():
     assert full_steps(cfg, 95) == 20
     slow = sorted(stragglers(cfg))
     fast = sorted(set(range(4)) - set(slow))
-    assert [step_budget(cfg, p, 95) for p in slow] == [6, 6]
-    assert [step_budget(cfg, p, 95) for p in fast] == [None, None]
+    assert [straggler_steps(cfg, p, 95) for p in slow] == [6, 6]
+    assert [straggler_steps(cfg, p, 95) for p in fast] == [None, None]
     tiny = cfg.replace(**{"straggler-work": 0.01})
-    assert step_budget(tiny, slow[0], 5) == 1  # at least one step
+    assert straggler_steps(tiny, slow[0], 5) == 1  # at least one step
 
 
 @pytest.mark.parametrize("rule", ["sgd", "proximal", "scaffold"])
