@@ -65,6 +65,7 @@ import numpy as np
 
 from fedpers.aggregation import Aggregator, build_aggregator, clip_updates, min_clients
 from fedpers.attacks import attackers
+from fedpers.config_checks import clients_per_round
 from fedpers.data import TASKS
 from fedpers.errors import ConfigError
 from fedpers.training import effective_steps
@@ -100,7 +101,7 @@ def check_robust_config(cfg: RunConfig) -> None:
             f"{', '.join(spec.extra_records)} record would still move its state without "
             f"bound; got aggregation = {cfg.aggregation!r}")
     if cfg.aggregation in ("krum", "multi-krum"):
-        per_round = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
+        per_round = clients_per_round(cfg)[0]
         need = min_clients(cfg.krum_f)
         if per_round < need:
             raise ConfigError(

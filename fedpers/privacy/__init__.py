@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fedpers.config_checks import clients_per_round
 from fedpers.errors import ConfigError
 from fedpers.privacy.accountant import RdpAccountant
 from fedpers.privacy.dpfedavg import DpFedAvg, DpParams, clip_update
@@ -57,11 +58,6 @@ __all__ = ["DP_MODES", "DpFedAvg", "DpParams", "NoPrivacy", "PrivacyLayer", "Rdp
            "build_privacy", "check_dp_config", "clip_update", "sampling_rate"]
 
 
-def clients_per_round(cfg: RunConfig) -> int:
-    """``m``: the clients the server selects each round (as ``Experiment.train_round``)."""
-    return max(1, int(round(cfg.fraction_train * cfg.num_clients)))
-
-
 def sampling_rate(cfg: RunConfig) -> float:
     """``q`` of the accountant: ``m / num-clients`` under uniform selection.
 
@@ -71,7 +67,7 @@ def sampling_rate(cfg: RunConfig) -> float:
     """
     if cfg.device_profile != "none":
         return 1.0
-    return min(1.0, clients_per_round(cfg) / cfg.num_clients)
+    return min(1.0, clients_per_round(cfg)[0] / cfg.num_clients)
 
 
 def check_dp_config(cfg: RunConfig) -> None:
