@@ -55,7 +55,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from fedpers.bench_definition import BenchmarkError
     from fedpers.checkpoint import CheckpointError
     from fedpers.data import DataError
-    from fedpers.detect import DetectError
+    from fedpers.detect_files import DetectError
     from fedpers.devices import DeviceError
     from fedpers.report_data import ReportError
     from fedpers.tracking_fallback import TrackingOutboxError

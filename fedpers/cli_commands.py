@@ -138,7 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from fedpers.detect import DetectError, Detector, read_input, write_output
+    from fedpers.detect import Detector
+    from fedpers.detect_files import DetectError, read_input, write_output
 
     rows = read_input(args.input, header=args.header)  # bad input fails before any work
     detector = Detector.from_run(args.run, args.tracking_uri or "", client=args.client,

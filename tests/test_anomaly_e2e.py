@@ -12,7 +12,8 @@ from conftest import metric_history
 
 from fedpers.cli import main
 from fedpers.config import parse_run_config
-from fedpers.detect import DetectError, Detector, read_input
+from fedpers.detect import Detector
+from fedpers.detect_files import DetectError, read_input
 from fedpers.simulation import run_simulation
 
 pytestmark = pytest.mark.slow

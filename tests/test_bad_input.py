@@ -22,7 +22,7 @@ from fedpers.cli import main
 from fedpers.config import ConfigError, RunConfig, load_config_file, parse_run_config
 from fedpers.data import TASKS, DataError, DataSpec, load_federated
 from fedpers.data.npz import MAX_CLASSES, read_client
-from fedpers.detect import DetectError, read_input, read_meta, read_weights
+from fedpers.detect_files import DetectError, read_input, read_meta, read_weights
 from fedpers.preflight import check_run
 
 FLOAT_KEYS = sorted(f.metadata["key"] for f in RunConfig.__dataclass_fields__.values()
@@ -220,7 +220,7 @@ def test_an_unexpected_exception_is_a_bug_with_a_traceback_and_status_1(monkeypa
     def boom(path, header=None):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr("fedpers.detect.read_input", boom)
+    monkeypatch.setattr("fedpers.detect_files.read_input", boom)
     assert main(["detect", "--run", "r", "--input", str(tmp_path / "x.csv")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "unexpected ZeroDivisionError" in err

@@ -18,7 +18,8 @@ from fedpers.cli import main
 from fedpers.client_app import client_config, evaluate_local, train
 from fedpers.config import ConfigError, parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
-from fedpers.detect import DetectError, Detector
+from fedpers.detect import Detector
+from fedpers.detect_files import DetectError
 from fedpers.training import anomaly_scores
 from strategies import STRATEGIES
 

@@ -28,7 +28,7 @@ from fedpers.cli import main
 from fedpers.config import config_keys
 from fedpers.data import DataError, DataSpec, load_federated
 from fedpers.data.npz import ARRAYS, MAX_CLASSES
-from fedpers.detect import DetectError, read_input
+from fedpers.detect_files import DetectError, read_input
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = settings(max_examples=80, deadline=None,
