@@ -254,7 +254,10 @@ def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
 
 
 def update_norm(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
-    """L2 norm of ``arrays - reference`` over the floating-point arrays (float64)."""
+    """L2 norm of ``arrays - reference`` over the floating-point arrays (float64).
+
+    The one update norm: reply screening (``max-update-norm``) and DP clipping
+    (``fedpers.privacy.dpfedavg.clip_update``) both use it."""
     total = 0.0
     for key, arr in arrays.items():
         if arr.dtype.kind == "f":

@@ -21,13 +21,13 @@ FedAvgM/FedAdam/FedYogi feed ``-v`` to their server optimiser, and the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedpers.registry import Params
+from fedpers.rounds import update_norm
 from fedpers.training import derive_seed
 
 if TYPE_CHECKING:
@@ -41,15 +41,6 @@ def _float_keys(arrays: dict[str, np.ndarray]) -> list[str]:
     return [k for k in sorted(arrays) if np.asarray(arrays[k]).dtype.kind == "f"]
 
 
-def update_l2(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
-    """L2 norm of ``arrays - reference`` over the floating-point entries of ``arrays``."""
-    total = 0.0
-    for k in _float_keys(arrays):
-        d = arrays[k].astype(np.float64) - reference[k].astype(np.float64)
-        total += float(np.sum(d * d))
-    return math.sqrt(total)
-
-
 def clip_update(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray],
                 clip_norm: float) -> tuple[dict[str, np.ndarray], float]:
     """``reference + (arrays - reference) min(1, C / ||arrays - reference||)``.
@@ -58,7 +49,7 @@ def clip_update(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray],
     counter, carry no gradient information and are passed through). Returns the
     clipped arrays (dtypes kept) and the update norm before clipping.
     """
-    norm = update_l2(arrays, reference)
+    norm = update_norm(arrays, reference)
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     out = dict(arrays)
     if scale < 1.0:

@@ -9,8 +9,8 @@ import pytest
 from fedpers.config import parse_run_config
 from fedpers.privacy import PrivacyLayer, build_privacy, sampling_rate
 from fedpers.privacy.accountant import RdpAccountant
-from fedpers.privacy.dpfedavg import DpFedAvg, clip_update, update_l2
-from fedpers.rounds import CheckedReply
+from fedpers.privacy.dpfedavg import DpFedAvg, clip_update
+from fedpers.rounds import CheckedReply, update_norm
 
 REF = {"w": np.array([1.0, 1.0], np.float32), "b": np.array([0.0], np.float32),
        "steps": np.array([7], np.int64)}
@@ -25,7 +25,7 @@ def test_clip_update_golden():
     np.testing.assert_allclose(out["w"], [1.6, 1.8], rtol=1e-6)
     assert out["w"].dtype == np.float32
     assert out["steps"][0] == 99  # integer buffers pass through
-    assert update_l2(out, REF) == pytest.approx(1.0, rel=1e-6)
+    assert update_norm(out, REF) == pytest.approx(1.0, rel=1e-6)
     same, _ = clip_update(arrays, REF, 10.0)  # inside the ball: unchanged
     np.testing.assert_array_equal(same["w"], arrays["w"])
 
@@ -96,7 +96,7 @@ def test_float32_rounding_of_a_clipped_update_is_not_counted():
     ref = {"w": rng.normal(size=1000).astype(np.float32)}
     moved = {"w": (ref["w"] + rng.normal(size=1000)).astype(np.float32)}
     clipped, _ = clip_update(moved, ref, 0.7)
-    assert update_l2(clipped, ref) > 0.7
+    assert update_norm(clipped, ref) > 0.7
     passed = [(0, CheckedReply(0, clipped, {}))]
     out = DpFedAvg(0.7, 1e-12, seed=0).apply(1, passed, ref, selected=1)
     assert out.metrics["privacy/clipped_server"] == 0.0
