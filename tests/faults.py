@@ -1,4 +1,4 @@
-"""Fault injection for tests and robustness experiments, as a Flower client mod.
+"""Fault injection for the end-to-end tests, as a Flower client mod.
 
 ``fault_mod({1: "raise", 2: "nan"})`` makes partition 1 raise in ``train`` and
 partition 2 reply with NaN parameters. Kinds: ``raise`` (the ClientApp fails),

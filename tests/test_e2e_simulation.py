@@ -104,7 +104,7 @@ def test_same_seed_same_metrics(digits_run, tmp_path):
 
 def test_faulty_clients_are_counted_not_averaged(tracking_uri):
     from fedpers.client_app import build_client_app
-    from fedpers.faults import fault_mod
+    from tests.faults import fault_mod
 
     cfg = parse_run_config({**BASE, "num-clients": 4, "tracking-uri": tracking_uri})
     app = build_client_app(mods=[fault_mod({1: "raise", 2: "nan", 3: "shape"})])
@@ -118,7 +118,7 @@ def test_faulty_clients_are_counted_not_averaged(tracking_uri):
 
 def test_client_past_the_round_timeout_is_counted_failed(tracking_uri):
     from fedpers.client_app import build_client_app
-    from fedpers.faults import fault_mod
+    from tests.faults import fault_mod
 
     cfg = parse_run_config({**BASE, "tracking-uri": tracking_uri, "round-timeout": 5.0})
     app = build_client_app(mods=[fault_mod({2: "hang"}, hang_seconds=8.0)])
@@ -157,7 +157,7 @@ def test_mid_round_dropouts_are_counted_and_a_round_below_the_minimum_is_skipped
 
 def test_run_with_no_update_ever_aggregated_is_failed(tracking_uri):
     from fedpers.client_app import build_client_app
-    from fedpers.faults import fault_mod
+    from tests.faults import fault_mod
 
     cfg = parse_run_config({**BASE, "num-server-rounds": 1, "tracking-uri": tracking_uri})
     app = build_client_app(mods=[fault_mod({0: "raise", 1: "nan", 2: "raise"})])
