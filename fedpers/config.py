@@ -534,17 +534,24 @@ _registries = registries  # the name tests/golden/runs.py imports
 def parse_run_config(raw: Mapping[str, Any], check_names: bool = True) -> RunConfig:
     """Validate a flat kebab-case mapping and return a :class:`RunConfig`.
 
-    Missing keys take their defaults. Raises :class:`ConfigError` on the first
-    unknown key, wrong type, out-of-range value or unknown component name.
+    Missing keys take their task's default where the task has one
+    (:data:`fedpers.data.defaults.TASK_DEFAULTS`), else the global default; a key in
+    ``raw`` always wins. Raises :class:`ConfigError` on the first unknown key, wrong
+    type, out-of-range value or unknown component name.
     """
+    from fedpers.data.defaults import task_defaults
+
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         hint = ", ".join(sorted(_FIELDS))
         raise ConfigError(f"unknown run-config key(s) {', '.join(map(repr, unknown))}; "
                           f"valid keys: {hint}")
     values: dict[str, Any] = {}
+    task = raw.get("task", _FIELDS["task"].default)
+    defaults = task_defaults(task) if isinstance(task, str) else {}
     for key, f in _FIELDS.items():
-        value = _coerce(key, raw[key], f.default) if key in raw else f.default
+        given = raw if key in raw else defaults
+        value = _coerce(key, given[key], f.default) if key in given else f.default
         check = f.metadata["check"]
         if check is not None:
             problem = check(value)

@@ -193,8 +193,8 @@ def test_a_checkpoint_of_a_different_config_refuses_to_resume():
                              "tracking-uri": "sqlite:///elsewhere.db",
                              "client-state-dir": "/tmp/x", "mlflow-run-id": "r1"})
     check_compatible(saved, same)  # keys that do not change results may differ
-    other = parse_run_config({"task": "digits", "seed": 2, "lr": 0.1})
-    with pytest.raises(CheckpointError, match=r"lr = 0\.05 in the checkpoint, 0\.1 now.*"
+    other = parse_run_config({"task": "digits", "seed": 2, "lr": 0.2})
+    with pytest.raises(CheckpointError, match=r"lr = 0\.1 in the checkpoint, 0\.2 now.*"
                                               r"seed = 1 in the checkpoint, 2 now"):
         check_compatible(saved, other)
 

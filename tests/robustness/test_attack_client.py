@@ -30,7 +30,7 @@ class _Grid:
 def _update(overrides: dict, personalization: str = "none") -> dict[str, np.ndarray]:
     """(decoded upload - global) of the attacker's partition for one train call."""
     raw = {"task": "digits", "num-clients": 2, "partition": "iid", "batch-size": 16,
-           "max-samples-per-client": 60, "lr": 0.1, "attack": "sign-flip",
+           "local-epochs": 1, "max-samples-per-client": 60, "lr": 0.1, "attack": "sign-flip",
            "attack-fraction": 0.5, "personalization": personalization, **overrides}
     cfg = parse_run_config(raw)
     pid = sorted(attackers(parse_run_config({**raw, "attack": "sign-flip",
