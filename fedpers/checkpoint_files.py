@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fedpers.tracking_records import short
 from fedpers.tracking_store import TrackingError
 
 logger = logging.getLogger(__name__)
@@ -68,17 +69,12 @@ def prune(client: Any, run_id: str, tracking_uri: str, keep: int = KEEP) -> list
             left.append(rnd)
             logger.warning("old checkpoint of round %d of MLflow run %s not deleted from %s "
                            "(%s: %s); tried again at the next checkpoint", rnd, run_id,
-                           artifact_uri, type(exc).__name__, _short(exc))
+                           artifact_uri, type(exc).__name__, short(exc, 300))
     return left
 
 
 def store_error(what: str, tracking_uri: str, exc: BaseException) -> Exception:
+    """A :class:`~fedpers.tracking_store.TrackingError`: ``what`` failed in the store."""
     return TrackingError(f"{what}: the MLflow store at {tracking_uri} failed "
-                         f"({type(exc).__name__}: {_short(exc)})")
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip()
-    text = text.splitlines()[0] if text else type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
+                         f"({type(exc).__name__}: {short(exc, 300)})")
 

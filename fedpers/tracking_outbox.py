@@ -1,34 +1,30 @@
 """A write-behind outbox for MLflow writes: tracking survives a store outage mid-run.
 
 Every write of a :class:`fedpers.tracking.Tracker` (a ``log_batch`` of metrics,
-params or tags, an artifact upload, the final run status) is a :class:`Record`.
-While the store answers, a record is sent at once, as before. When a send fails
-with a *transient* error (connection refused or reset, a time-out, an HTTP 5xx or
-429, a locked database), the outbox switches to buffering: that record and every
-later one queue up **in order**, and the queue is retried at the next write once
-the retry interval has passed (doubling after each failed attempt, up to
-``max_retry_interval``), so a dead server costs a training round at most one
-short request. Artifacts are copied into a spool folder when queued, because
-callers usually hand over temporary files.
+params or tags, an artifact upload, the final run status) is a
+:class:`~fedpers.tracking_records.Record`. While the store answers, a record is sent
+at once. When a send fails with a *transient* error (connection refused or reset, a
+time-out, an HTTP 5xx or 429, a locked database), the outbox switches to buffering:
+that record and every later one queue up **in order**, and the queue is retried at
+the next write once the retry interval has passed (doubling after each failed
+attempt, up to ``max_retry_interval``), so a dead server costs a training round at
+most one short request. Artifacts are copied into a spool folder when queued,
+because callers usually hand over temporary files.
 
-Queued records are also appended at once to a journal, the local *fallback*
-file ``<fallback-dir>/<run-id>/records-<time>-<id>.jsonl`` (one JSON record a
-line, spooled artifacts beside it), deleted when the queue has gone through. At
-the end of the run :meth:`Outbox.drain` waits a bounded time for the store to
-come back; what is still unsent then stays in the file, which :func:`replay`
-(``fedpers sync-tracking``) sends to the store later, in the original order and
-with the original timestamps. If the process dies during an outage, the journal
-is still there. Replaying is idempotent (a journal left by a crash may hold
-records that were sent already): MLflow drops a metric identical in key, value,
-step and timestamp, params are re-logged with the same value, tags and the
-status are rewritten in their original order, artifacts re-uploaded.
+Queued records are also appended at once to a journal, the local *fallback* file
+``<fallback-dir>/<run-id>/records-<time>-<id>.jsonl`` (one JSON record a line,
+spooled artifacts beside it), deleted when the queue has gone through. At the end of
+the run :meth:`Outbox.drain` waits a bounded time for the store to come back; what is
+still unsent then stays in the file, which
+:func:`~fedpers.tracking_fallback.replay` (``fedpers sync-tracking``) sends to the
+store later, in the original order and with the original timestamps. If the process
+dies during an outage, the journal is still there.
 
 A *permanent* error (HTTP 4xx: an invalid value, a deleted run) is raised by the
-call that sent the record directly, as before; for a queued record, whose call
-returned long ago, it is logged and the record kept for the fallback file, so
-training is not stopped by it. The module talks to MLflow only through the ``send``
-callable, so the buffering logic is tested without a server. Replaying a fallback
-file is :mod:`fedpers.tracking_fallback`.
+call that sent the record directly; for a queued record, whose call returned long
+ago, it is logged and the record kept for the fallback file, so training is not
+stopped by it. The module talks to MLflow only through the ``send`` callable, so the
+buffering logic is tested without a server.
 """
 
 from __future__ import annotations

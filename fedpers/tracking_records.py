@@ -112,7 +112,7 @@ def is_transient(exc: BaseException, *, local_store: bool = False) -> bool:
     unreachable database are transient; HTTP 4xx answers (invalid value, unknown
     run) and anything else (a bug) are not. A local store (``local_store``: a
     sqlite file) does not go away and come back: only a locked (busy) database is
-    transient there; a read-only or missing file raises as before.
+    transient there; a read-only or missing file raises.
     """
     if local_store:
         text = " ".join(str(e) for e in _chain(exc)).lower()
@@ -185,6 +185,8 @@ def http_limits(max_retries: int, timeout: int) -> Iterator[None]:
 
 
 def short(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    """The first line of ``exc``'s message (its type when empty), cut to ``limit``."""
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
     return text if len(text) <= limit else text[:limit] + "..."
 

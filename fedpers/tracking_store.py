@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fedpers.tracking_records import http_limits
+from fedpers.tracking_records import http_limits, short
 
 logger = logging.getLogger(__name__)
 
@@ -268,13 +268,7 @@ def _create_schema(uri: str, path: Path) -> None:
             engine.dispose()
     except Exception as exc:  # noqa: BLE001 - any failure: the store cannot be set up
         raise TrackingError(f"cannot create the MLflow schema in {uri}: "
-                            f"{type(exc).__name__}: {first_line(exc)}") from exc
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
+                            f"{type(exc).__name__}: {short(exc, 400)}") from exc
 
 
 def connect(tracking_uri: str, *, create: bool = False) -> Any:
@@ -294,12 +288,12 @@ def connect(tracking_uri: str, *, create: bool = False) -> Any:
         client = MlflowClient(tracking_uri=uri)
     except Exception as exc:  # noqa: BLE001 - e.g. an unknown URI scheme
         raise TrackingError(f"cannot use MLflow tracking URI {uri!r}: "
-                            f"{type(exc).__name__}: {first_line(exc)}") from exc
+                            f"{type(exc).__name__}: {short(exc, 400)}") from exc
     # one quick probe, without MLflow's minutes of HTTP retries
     try:
         with http_limits(0, PROBE_TIMEOUT):
             client.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure means unreachable
         raise TrackingError(f"cannot reach the MLflow store at {uri}: "
-                            f"{type(exc).__name__}: {first_line(exc)}") from exc
+                            f"{type(exc).__name__}: {short(exc, 400)}") from exc
     return client
