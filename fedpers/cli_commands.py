@@ -121,8 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args.config, args.set, args.experiment, args.tracking_uri)
         cfg = cfg.replace(**{"tracking-uri": resolve_tracking_uri(cfg.tracking_uri)})
-    logger.info("running %s: %s", cfg.task, " ".join(f"{k}={v}" for k, v in
-                                                        cfg.to_dict().items()))
+    # every key's effective value (task defaults applied): with -v only
+    logger.debug("running %s: %s", cfg.task, " ".join(f"{k}={v}" for k, v in
+                                                         cfg.to_dict().items()))
     try:
         run_id = run_simulation(cfg, run_name=args.run_name or "", verbose=args.verbose,
                                 resources=resources)

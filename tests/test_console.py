@@ -26,6 +26,11 @@ ANSI = re.compile(r"\x1b\[")
 # Flower's console line below WARNING, maybe forwarded by Ray with a "(Actor pid=1)" prefix
 FLOWER_INFO = re.compile(r"^(\([^)]*\)\s*)?(\x1b\[\d+m)?(INFO|DEBUG)\s*(\x1b\[\d+m)?\s*:",
                          re.M)
+# any line of Flower's console format (``LEVEL [time]:  message``), whatever its level
+FLOWER_LINE = re.compile(r"^(\([^)]*\)\s*)?(\x1b\[\d+m)?(DEBUG|INFO|WARNING|ERROR|CRITICAL)"
+                         r"\s*([\d-]+ [\d:,.]+)?\s*(\x1b\[\d+m)?\s*:", re.M)
+# the dump of every run-config key that ``fedpers run`` logs with -v
+CONFIG_DUMP = re.compile(r"^\S+ fedpers running (\S+): task=\S+ .* lr=(\S+) ", re.M)
 
 
 class _Records(logging.Handler):
@@ -245,6 +250,30 @@ def test_progress_bar_on_a_terminal(monkeypatch, capsys):
     assert not bench_progress.Progress(runs, set(), enabled=True).shown
 
 
+def test_run_dumps_its_config_only_when_verbose(tmp_path, monkeypatch, capsys):
+    """Without -v no line lists every key; with -v one does, with the values in effect
+    (the task's defaults applied)."""
+    import fedpers.simulation
+    from fedpers import cli_commands
+    from fedpers.data.defaults import TASK_DEFAULTS
+
+    seen = []
+    monkeypatch.setattr(fedpers.simulation, "run_simulation",
+                        lambda cfg, **kw: seen.append(cfg) or "r1")
+    monkeypatch.setattr(cli_commands, "print_summary", lambda run_id, uri: None)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    args = ["run", "--set", "task=digits", "num-clients=3", "--tracking-uri", uri]
+    assert cli.main([*args, "-v"]) == 0
+    loud = capsys.readouterr().out
+    assert cli.main(args) == 0  # last: the tests after this one find the default verbosity
+    quiet = capsys.readouterr().out
+    assert len(seen) == 2 and "run id: r1" in quiet
+    assert not CONFIG_DUMP.search(quiet), quiet
+    dump = CONFIG_DUMP.search(loud)
+    assert dump and dump.groups() == ("digits", str(TASK_DEFAULTS["digits"]["lr"])), loud
+    assert "num-clients=3 " in dump.group(0) and f"tracking-uri={uri} " in loud
+
+
 # ------------------------------------------------------------ end to end (slow)
 def _fedpers(args: list[str], cwd: Path, timeout: float) -> tuple[str, str, dict]:
     """``fedpers ARGS`` in a fresh process, stdout and stderr to pipes, the venv's bin/
@@ -285,6 +314,8 @@ def test_run_prints_one_line_per_round_and_a_runnable_hint(tmp_path):
                               "num-server-rounds=2", "--tracking-uri", uri],
                              tmp_path, timeout=600)
     _assert_quiet(out, err)
+    assert not FLOWER_LINE.search(out + err), out + err  # no line of Flower's logger
+    assert not CONFIG_DUMP.search(out), out
     assert re.findall(r"^\S+ fedpers round (\d+)/2 ", out, re.M) == ["1", "2"], out
     hint = re.search(r"^open it with: (\S+) ui --backend-store-uri (\S+)$", out, re.M)
     assert hint and hint.group(2) == uri, out
@@ -302,3 +333,18 @@ def test_bench_quick_in_a_pipe_has_no_bar_redraws(tmp_path):
     hint = re.search(r"^report: (\S+) report \w+ --tracking-uri (\S+)$", out, re.M)
     assert hint and hint.group(2) == uri, out
     _hint_runs(hint.group(1), tmp_path, env)
+
+
+@pytest.mark.slow
+def test_verbose_run_shows_flower_lines_and_the_config(tmp_path):
+    """The lines a quiet run hides are there with -v: Flower's INFO lines (each round's
+    ``configure_train: Sampled ...``) and the dump of every run-config key."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    out, err, _ = _fedpers(["run", "-v", "--set", "task=digits", "num-clients=2",
+                            "num-server-rounds=2", "--tracking-uri", uri],
+                           tmp_path, timeout=600)
+    both = out + err
+    assert len(re.findall(r"configure_train: Sampled \d+ nodes", both)) == 2, both
+    assert FLOWER_INFO.search(both) and FLOWER_LINE.search(both), both
+    assert CONFIG_DUMP.search(out), out
+    assert re.findall(r"^\S+ fedpers round (\d+)/2 ", out, re.M) == ["1", "2"], out

@@ -17,6 +17,13 @@ digits
     SGD steps per round, and the global model ends at 0.114 (chance) after 10 rounds.
     ``batch-size = 16``, ``local-epochs = 10``, ``lr = 0.1`` (40 steps per round, still
     under a second per round) ends at 0.90.
+shakespeare
+    Its clients are the speakers the data comes with; the global ``partition =
+    "dirichlet"`` is refused for it (``natural`` or ``iid`` only), so
+    ``fedpers run --set task=shakespeare`` failed before any work. ``partition =
+    "natural"``: one client per (play, role).
+
+``shuttle-ad`` keeps the global defaults: it ends at global AUROC 0.998 and F1 0.75.
 
 This module imports nothing from fedpers (config, keydoc and tests read it).
 """
@@ -28,6 +35,7 @@ from typing import Any
 #: {task: {run-config key: value}}; the values have the key's type.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"lr": 0.1, "local-epochs": 10, "batch-size": 16},
+    "shakespeare": {"partition": "natural"},
 }
 
 
