@@ -10,8 +10,8 @@ The rule, per ``benchmarks/NAME/README.md``:
   skipped. A cell may hold several numbers (``0.7248 ± 0.0054``, ``0.907 ± 0.016 (+21.6)``,
   ``22.0 (2/3)``): each is checked on its own. Text (``not reached``, ``-``) has none.
 - **Where**: the benchmark's committed ``report/`` folder and its subfolders: ``*.md``,
-  ``*.csv`` and ``*.csv.gz`` files (``summary.md``, ``summary.csv``, ``reference.csv``, ``welch.csv``,
-  ``comparison.md``, ...). Every number in them is a source value ``v``, filed under
+  ``*.csv`` and ``*.csv.gz`` files (``summary.md``, ``summary.csv``, ``reference.csv``,
+  ``welch.csv``, ``comparison.md``, ...). Every number in them is a source value ``v``, filed under
   the variant whose row it is in (a CSV's ``variant`` column; the first cell of a
   Markdown table row, when that names a variant) or, outside any variant's row (prose,
   other files), under no variant.
