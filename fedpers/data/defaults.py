@@ -21,7 +21,11 @@ shakespeare
     Its clients are the speakers the data comes with; the global ``partition =
     "dirichlet"`` is refused for it (``natural`` or ``iid`` only), so
     ``fedpers run --set task=shakespeare`` failed before any work. ``partition =
-    "natural"``: one client per (play, role).
+    "natural"``: one client per (play, role). At the global ``lr = 0.05`` the LSTM
+    then predicts the most frequent character (a space) for every window: global
+    accuracy 0.186 after rounds 1 and 2 (rounds take minutes here), and 0.186 after
+    round 3 in a quick in-process FedAvg of the same data, model and local training;
+    ``lr = 1.0`` (LEAF uses 0.8) gives 0.261, 0.314, 0.347 after rounds 1-3 there.
 
 ``shuttle-ad`` keeps the global defaults: it ends at global AUROC 0.998 and F1 0.75.
 
@@ -35,7 +39,7 @@ from typing import Any
 #: {task: {run-config key: value}}; the values have the key's type.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"lr": 0.1, "local-epochs": 10, "batch-size": 16},
-    "shakespeare": {"partition": "natural"},
+    "shakespeare": {"partition": "natural", "lr": 1.0},
 }
 
 
