@@ -201,7 +201,9 @@ def test_missing_texts_explain_what_to_do(tmp_path):
 
 def test_config_requires_a_natural_or_iid_partition():
     with pytest.raises(ConfigError, match="'partition' = 'dirichlet'.*'natural'.*'iid'"):
-        parse_run_config({"task": "shakespeare"})
+        parse_run_config({"task": "shakespeare", "partition": "dirichlet"})
+    # unset, the task's own default applies (fedpers/data/defaults.py)
+    assert parse_run_config({"task": "shakespeare"}).partition == "natural"
     assert parse_run_config({"task": "shakespeare", "partition": "natural"}).task == "shakespeare"
     assert parse_run_config({"task": "shakespeare", "partition": "iid"}).partition == "iid"
 
