@@ -7,12 +7,12 @@ a config that is refused), :data:`TASK_DEFAULTS` gives that task its own value.
 a key set in a config file, with ``--set``, or in a benchmark's ``[base]`` and
 variant tables always wins. ``fedpers keys`` lists them beside each global default.
 
-Why each value (measured with ``fedpers run --set task=TASK`` and nothing else, on
-two busy cores; ``global acc`` is the final global test accuracy after the default
-10 rounds of 20 clients):
+Why each value (measured with ``fedpers run --set task=TASK`` and nothing else: the
+default 20 clients and 10 rounds, on two busy cores; each figure is the global
+model's on the global test set after the last round unless it says otherwise):
 
 digits
-    scikit-learn's 1,437 training digits over 20 clients are ~58 rows each: with the
+    the 1,154 training rows of scikit-learn's digits over 20 clients are ~58 each: with the
     global ``batch-size = 32``, ``local-epochs = 1`` and ``lr = 0.05`` a client takes two
     SGD steps per round, and the global model ends at 0.114 (chance) after 10 rounds.
     ``batch-size = 16``, ``local-epochs = 10``, ``lr = 0.1`` (40 steps per round, still
