@@ -16,7 +16,8 @@ import torch
 
 from clients.work import stragglers
 from fedpers.arrays import record_to_numpy, to_array_record
-from fedpers.training import GradHook, TrainResult, derive_seed, train_local
+from fedpers.seeds import Stream, derive_seed
+from fedpers.training import GradHook, TrainResult, train_local
 
 if TYPE_CHECKING:
     from torch import nn
@@ -78,7 +79,7 @@ def personal_budget(lc: LocalContext, epochs: int) -> int | None:
     return max(1, int(math.floor(cfg.straggler_work * steps)))
 
 
-def personal_sgd(model: nn.Module, lc: LocalContext, epochs: int, tag: int,
+def personal_sgd(model: nn.Module, lc: LocalContext, epochs: int, tag: Stream,
                  grad_hook: GradHook | None = None, lr: float = 0.0) -> TrainResult:
     """An extra pass of plain local SGD (fine-tuning, a private head, a personal model).
 

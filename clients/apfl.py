@@ -37,7 +37,8 @@ from clients._personal import (
     personal_budget,
     save_state,
 )
-from fedpers.training import batch_loss, batches, derive_seed
+from fedpers.seeds import Stream, derive_seed
+from fedpers.training import batch_loss, batches
 
 if TYPE_CHECKING:
     from clients.base import LocalContext, LocalUpdate
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 LOCAL_KEY = "apfl-local"
 ALPHA_KEY = "apfl-alpha"
-SEED_PERSONAL = 54
 
 
 def mixed(v: dict[str, torch.Tensor], w: dict[str, torch.Tensor],
@@ -111,7 +111,7 @@ class APFL:
         for k in w:
             v[k].requires_grad_(True)
         alpha = torch.tensor(float(alpha0), device=lc.device, requires_grad=True)
-        gen = torch.Generator().manual_seed(derive_seed(lc.seed, SEED_PERSONAL))
+        gen = torch.Generator().manual_seed(derive_seed(lc.seed, Stream.APFL_PERSONAL))
         budget = personal_budget(lc, cfg.local_epochs)
         steps = 0
         for _ in range(cfg.local_epochs):

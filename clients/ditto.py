@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from clients._personal import load_arrays, load_state, model_arrays, personal_sgd, save_state
 from clients.proximal import proximal_hook
+from fedpers.seeds import Stream
 
 if TYPE_CHECKING:
     from torch import nn
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from fedpers.training import TrainResult
 
 STATE_KEY = "ditto-personal"
-SEED_PERSONAL = 53
 
 
 def personal_model(model: nn.Module, lc: LocalContext) -> nn.Module | None:
@@ -56,7 +56,7 @@ class Ditto:
             personal = copy.deepcopy(model)
         pull = proximal_hook(model, lc.cfg.ditto_lambda, lc.device)  # towards w as received
         result = update.train(model, lc)
-        personal_sgd(personal, lc, lc.cfg.local_epochs, SEED_PERSONAL, grad_hook=pull)
+        personal_sgd(personal, lc, lc.cfg.local_epochs, Stream.DITTO_PERSONAL, grad_hook=pull)
         save_state(lc, STATE_KEY, model_arrays(personal))
         return result
 

@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING
 
 from clients._personal import KeepPrivate, personal_sgd
 from fedpers.models import head_keys
+from fedpers.seeds import Stream
 
 if TYPE_CHECKING:
     from torch import nn
 
     from clients.base import LocalContext, LocalUpdate
     from fedpers.training import TrainResult
-
-SEED_HEAD = 52
 
 
 def _freeze(model: nn.Module, trainable: set[str]) -> None:
@@ -44,7 +43,7 @@ class FedRep(KeepPrivate):
         names = {name for name, _ in model.named_parameters()}
         try:
             _freeze(model, head)
-            personal_sgd(model, lc, lc.cfg.fedrep_head_epochs, SEED_HEAD)
+            personal_sgd(model, lc, lc.cfg.fedrep_head_epochs, Stream.FEDREP_HEAD)
             _freeze(model, names - head)
             return update.train(model, lc)
         finally:

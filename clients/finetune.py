@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING
 
 from clients._personal import personal_sgd
 from clients.none import NoPersonalization
+from fedpers.seeds import Stream
 
 if TYPE_CHECKING:
     from torch import nn
 
     from clients.base import LocalContext
-
-SEED_FINETUNE = 51
 
 
 class FineTune(NoPersonalization):
@@ -32,5 +31,5 @@ class FineTune(NoPersonalization):
 
     def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
         tuned = copy.deepcopy(model)
-        personal_sgd(tuned, lc, lc.cfg.finetune_epochs, SEED_FINETUNE, lr=lc.cfg.finetune_lr)
+        personal_sgd(tuned, lc, lc.cfg.finetune_epochs, Stream.FINETUNE, lr=lc.cfg.finetune_lr)
         return tuned

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedpers.devices import MAX_STEPS
-from fedpers.training import GradHook, TrainResult, derive_seed, train_local
+from fedpers.seeds import Stream, derive_seed
+from fedpers.training import GradHook, TrainResult, train_local
 
 if TYPE_CHECKING:
     from torch import nn
@@ -24,15 +25,13 @@ if TYPE_CHECKING:
     from clients.base import LocalContext
     from fedpers.config import RunConfig
 
-SEED_STRAGGLERS = 3  # keeps this random stream apart from the other uses of the seed
-
 
 def stragglers(cfg: RunConfig) -> frozenset[int]:
     """The partition ids of the straggling clients: ``round(fraction * N)`` of them."""
     count = int(round(cfg.straggler_fraction * cfg.num_clients))
     if count == 0:
         return frozenset()
-    rng = np.random.default_rng(derive_seed(cfg.seed, SEED_STRAGGLERS))
+    rng = np.random.default_rng(derive_seed(cfg.seed, Stream.STRAGGLERS))
     return frozenset(int(p) for p in rng.permutation(cfg.num_clients)[:count])
 
 

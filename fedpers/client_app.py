@@ -53,9 +53,9 @@ from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.devices import reported_profile
 from fedpers.heap import freeze_once
 from fedpers.privacy import clip_update
+from fedpers.seeds import Stream, derive_seed
 from fedpers.training import (
     anomaly_scores,
-    derive_seed,
     evaluate,
     resolve_device,
     seed_torch,
@@ -65,8 +65,6 @@ from strategies import STRATEGIES
 
 logger = logging.getLogger(__name__)
 
-# Tags that keep the random streams of different uses apart.
-SEED_TRAIN, SEED_CODEC = 1, 2
 
 
 @lru_cache(maxsize=8)
@@ -105,7 +103,7 @@ def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Modul
     server_cfg = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
     rnd = int(server_cfg.get("server-round", 0))
     lc = LocalContext(cfg=cfg, data=fed.clients[pid], kind=fed.kind, server_round=rnd,
-                      partition_id=pid, seed=derive_seed(cfg.seed, SEED_TRAIN, rnd, pid),
+                      partition_id=pid, seed=derive_seed(cfg.seed, Stream.CLIENT_TRAIN, rnd, pid),
                       device=resolve_device(cfg.device), state=context.state,
                       server_config=server_cfg,
                       server_arrays={name: record_to_numpy(rec)
@@ -161,7 +159,7 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.dp != "none":  # issue 8: DP-FedAvg clips the update before the codec sees it
         reference = received_arrays(cfg, msg.content["arrays"], _shared_arrays(model, set()))
         shared, _ = clip_update(shared, reference, cfg.dp_clip_norm)
-    rng = np.random.default_rng(derive_seed(cfg.seed, SEED_CODEC, lc.server_round,
+    rng = np.random.default_rng(derive_seed(cfg.seed, Stream.UPLOAD_CODEC, lc.server_round,
                                             lc.partition_id))
     # lossy codecs send the update against what was received (issue 6, fedpers.compression)
     arrays, codec_metrics = encode_reply_arrays(cfg, shared, msg.content["arrays"],

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedpers.training import derive_seed
+from fedpers.seeds import Stream, derive_seed
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -71,8 +71,6 @@ PROFILE_KEYS = ("compute-sps", "up-bps", "down-bps", "availability", "dropout")
 TRACE_COLUMNS = ("partition-id", "compute-sps", "up-bps", "down-bps", "availability")
 # The train ConfigRecord key with a client's local step budget (partial work).
 MAX_STEPS = "max-steps"
-# Keep these random streams apart from the other uses of the seed.
-SEED_PROFILES, SEED_ONLINE, SEED_DROPOUT = 20, 21, 22
 
 SIGMA_10X = math.log(10.0) / (2 * 1.6448536269514722)  # p95 / p5 = 10
 AVAILABILITY_CONCENTRATION = 4.0
@@ -143,7 +141,7 @@ UP_BPS = LogNormal(1.5e6)  # 12 Mbit/s
 def draw_profile(seed: int, partition_id: int, availability: float = 1.0,
                  dropout: float = 0.0) -> DeviceProfile:
     """The ``lognormal`` profile of one client: depends only on the seed and its id."""
-    rng = np.random.default_rng(derive_seed(seed, SEED_PROFILES, partition_id))
+    rng = np.random.default_rng(derive_seed(seed, Stream.DEVICE_PROFILES, partition_id))
     compute, down, up = COMPUTE_SPS.draw(rng), DOWN_BPS.draw(rng), UP_BPS.draw(rng)
     avail = 1.0
     if availability < 1.0:
@@ -277,11 +275,11 @@ class Clock:
     def online(self, server_round: int, partition_ids: Iterable[int]) -> list[int]:
         """The clients online in this round (each an independent seeded draw)."""
         return [p for p in partition_ids
-                if _draw(self.seed, SEED_ONLINE, server_round, p)
+                if _draw(self.seed, Stream.DEVICE_ONLINE, server_round, p)
                 < self.profiles[p].availability]
 
     def drops_out(self, server_round: int, partition_id: int) -> bool:
-        return bool(_draw(self.seed, SEED_DROPOUT, server_round, partition_id)
+        return bool(_draw(self.seed, Stream.DEVICE_DROPOUT, server_round, partition_id)
                     < self.profiles[partition_id].dropout)
 
     def seconds(self, partition_id: int, samples: float, bytes_down: float,
@@ -311,7 +309,7 @@ class Clock:
         return timing
 
 
-def _draw(seed: int, tag: int, server_round: int, partition_id: int) -> float:
+def _draw(seed: int, tag: Stream, server_round: int, partition_id: int) -> float:
     return float(np.random.default_rng(derive_seed(seed, tag, server_round,
                                                    partition_id)).random())
 

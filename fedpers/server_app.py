@@ -70,16 +70,15 @@ from fedpers.rounds import (
     weighted_mean,
 )
 from fedpers.run_params import applicable_params, bookkeeping_tags
+from fedpers.seeds import Stream, derive_seed
 from fedpers.selection import ClientRecord, build_selector
 from fedpers.tracking import Tracker
-from fedpers.training import derive_seed, evaluate, resolve_device
+from fedpers.training import evaluate, resolve_device
 from fedpers.virtual import VirtualGrid, remove_states, virtual_roster_entries
 from strategies import STRATEGIES
 
 logger = logging.getLogger("fedpers")
 
-SEED_INIT, SEED_SELECT, SEED_EVAL_SELECT = 10, 11, 12
-SEED_DOWN = 13  # stochastic rounding of the compressed broadcast (codec-down)
 # Clients' first reply includes process start-up and data loading: give the handshake
 # at least this long even when round-timeout is short.
 MIN_HANDSHAKE_TIMEOUT = 120.0
@@ -166,7 +165,7 @@ class Experiment:
         self.codec_down = build_codec(cfg, cfg.codec_down)
         self.bytes = ByteCounter()
         self.roster = Roster()
-        torch.manual_seed(derive_seed(cfg.seed, SEED_INIT))
+        torch.manual_seed(derive_seed(cfg.seed, Stream.MODEL_INIT))
         self.model = self.task.build_model(self.fed.input_shape, self.fed.num_classes)
         # what stays on the clients; raises now, not in every client, when the
         # personaliser cannot work with this model (e.g. fedbn without norm layers)
@@ -214,7 +213,7 @@ class Experiment:
         part = self.participation
         available = part.candidates(rnd, self.roster.partitions())  # online ones
         num = clients_per_round(cfg)[0]
-        rng = np.random.default_rng(derive_seed(cfg.seed, SEED_SELECT, rnd))
+        rng = np.random.default_rng(derive_seed(cfg.seed, Stream.SELECT_TRAIN, rnd))
         chosen = self.selector.select(rnd, available, num, rng, part.stats)
         out.metrics["fairness/jain_selection"] = part.note_selected(rnd, chosen)
         node_of = self.roster.node_of()
@@ -222,7 +221,7 @@ class Experiment:
         messages = list(self.strategy.configure_train(
             rnd, to_array_record(self.global_arrays), ConfigRecord(), view)) if chosen else []
         encode_broadcast(messages, self.codec_down,
-                         np.random.default_rng(derive_seed(cfg.seed, SEED_DOWN, rnd, 0)))
+                         np.random.default_rng(derive_seed(cfg.seed, Stream.BROADCAST_TRAIN, rnd)))
         # the simulated clock: mid-round dropouts get the model but never reply
         to_send, gone = part.start(rnd, messages)
         self.bytes.add_down(messages_bytes(gone))
@@ -306,7 +305,7 @@ class Experiment:
         cfg = self.cfg
         available = self.roster.partitions()
         num = max(1, int(round(cfg.fraction_evaluate * len(available))))
-        rng = np.random.default_rng(derive_seed(cfg.seed, SEED_EVAL_SELECT, rnd))
+        rng = np.random.default_rng(derive_seed(cfg.seed, Stream.SELECT_EVAL, rnd))
         chosen = sorted(int(p) for p in rng.choice(available, size=num, replace=False))
         node_of = self.roster.node_of()
         view = SelectedGrid(self.grid, [node_of[p] for p in chosen])
@@ -317,7 +316,7 @@ class Experiment:
         messages = list(self.strategy.configure_evaluate(
             rnd, to_array_record(self.global_arrays), config, view))
         encode_broadcast(messages, self.codec_down,
-                         np.random.default_rng(derive_seed(cfg.seed, SEED_DOWN, rnd, 1)))
+                         np.random.default_rng(derive_seed(cfg.seed, Stream.BROADCAST_EVAL, rnd)))
         rows: list[dict[str, Any]] = []
         for reply in self._send(messages):
             pid = self._partition(reply)

@@ -53,12 +53,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed derived from several integers (run seed, round, client id, ...)."""
-    seq = np.random.SeedSequence([int(p) for p in parts])
-    return int(seq.generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator | None,
             device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches as tensors; shuffled with ``generator`` when given."""

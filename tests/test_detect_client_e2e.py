@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from clients.finetune import SEED_FINETUNE
 from fedpers.cli import main
-from fedpers.client_app import SEED_TRAIN
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.data.shuttle_ad import COLUMNS, TARGET, load_raw, preprocess_rows
+from fedpers.seeds import Stream, derive_seed
 from fedpers.simulation import run_simulation
-from fedpers.training import derive_seed, train_local
+from fedpers.training import train_local
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +84,8 @@ def test_detect_client_scores_with_the_devices_own_model_and_threshold(finetune_
                                             weights_only=True))
     tuned = task.build_model((9,), 2)
     tuned.load_state_dict(global_model.state_dict())
-    seed = derive_seed(derive_seed(cfg.seed, SEED_TRAIN, cfg.num_server_rounds, CLIENT),
-                       SEED_FINETUNE)
+    seed = derive_seed(derive_seed(cfg.seed, Stream.CLIENT_TRAIN, cfg.num_server_rounds, CLIENT),
+                       Stream.FINETUNE)
     train_local(tuned, data.x_train, data.y_train, kind="anomaly", epochs=cfg.finetune_epochs,
                 batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, seed=seed,
                 device=torch.device("cpu"))

@@ -49,8 +49,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from fedpers.config import RunConfig, parse_run_config, parse_set_args  # noqa: E402
 
-#: the seed tags of fedpers.client_app (train) and fedpers.server_app (model init)
-SEED_TRAIN, SEED_INIT = 1, 10
 FLOORS = ("threads", "procs")
 PROBE_ENV = "FEDPERS_OVERHEAD_PROBE"
 
@@ -84,22 +82,22 @@ class _Floor:
         import torch
 
         from fedpers.data import TASKS, DataSpec, load_federated
-        from fedpers.training import derive_seed
+        from fedpers.seeds import Stream, derive_seed
 
         self.cfg = cfg
         self.fed = load_federated(DataSpec.from_config(cfg))
-        torch.manual_seed(derive_seed(cfg.seed, SEED_INIT))
+        torch.manual_seed(derive_seed(cfg.seed, Stream.MODEL_INIT))
         self.model = TASKS[cfg.task].build_model(self.fed.input_shape, self.fed.num_classes)
 
     def weighted_sum(self, global_state: dict, rnd: int, pids: list[int]) -> tuple[dict, int]:
-        from fedpers.training import derive_seed
+        from fedpers.seeds import Stream, derive_seed
 
         total: dict = {}
         n = 0
         for pid in pids:
             c = self.fed.clients[pid]
             upd = _local_update(self.model, global_state, c.x_train, c.y_train, self.cfg,
-                                derive_seed(self.cfg.seed, SEED_TRAIN, rnd, pid))
+                                derive_seed(self.cfg.seed, Stream.CLIENT_TRAIN, rnd, pid))
             for k, v in upd.items():
                 total[k] = total[k] + v * c.num_train if k in total else v * c.num_train
             n += c.num_train

@@ -30,7 +30,8 @@ import torch
 
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
-from fedpers.training import derive_seed, evaluate, train_local
+from fedpers.seeds import Stream, derive_seed
+from fedpers.training import evaluate, train_local
 
 
 def summary(acc: list[float]) -> str:
@@ -79,7 +80,7 @@ def main() -> None:
                 model = copy.deepcopy(fresh())
                 train_local(model, c.x_train, c.y_train, kind=fed.kind, epochs=epochs,
                             batch_size=cfg.batch_size, lr=lr, momentum=cfg.momentum,
-                            seed=derive_seed(cfg.seed, 99, pid), device=device)
+                            seed=derive_seed(cfg.seed, Stream.FINETUNE, pid), device=device)
                 acc.append(evaluate(model, c.x_test, c.y_test, kind=fed.kind,
                                     device=device)["accuracy"])
             delta = np.mean(acc) - np.mean(base)

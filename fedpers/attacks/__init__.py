@@ -23,7 +23,7 @@ from fedpers.attacks.none import NoAttack
 from fedpers.attacks.scale import Scale
 from fedpers.attacks.sign_flip import SignFlip
 from fedpers.registry import Registry
-from fedpers.training import derive_seed
+from fedpers.seeds import Stream, derive_seed
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -35,10 +35,6 @@ ATTACKS: Registry[type] = Registry("attack", {
     "noise": Noise,
     "label-flip": LabelFlip,
 })
-
-# Tags that keep these random streams apart from the other uses of the run seed.
-SEED_ATTACKERS = 30  # which clients attack
-SEED_ATTACK = 31  # the attack's own draws (noise), per round and client
 
 
 def build_attack(cfg: RunConfig) -> Attack:
@@ -60,7 +56,7 @@ def attackers(cfg: RunConfig) -> frozenset[int]:
     count = int(round(cfg.attack_fraction * cfg.num_clients))
     if cfg.attack == "none" or count == 0:
         return frozenset()
-    rng = np.random.default_rng(derive_seed(cfg.seed, SEED_ATTACKERS))
+    rng = np.random.default_rng(derive_seed(cfg.seed, Stream.ATTACKERS))
     return frozenset(int(p) for p in rng.permutation(cfg.num_clients)[:count])
 
 
@@ -85,7 +81,8 @@ def poison_update(cfg: RunConfig, partition_id: int, server_round: int,
     attack = build_attack(cfg)
     keys = [k for k, v in shared.items() if v.dtype.kind == "f" and k in received]
     update = {k: shared[k].astype(np.float64) - received[k].astype(np.float64) for k in keys}
-    rng = np.random.default_rng(derive_seed(cfg.seed, SEED_ATTACK, server_round, partition_id))
+    rng = np.random.default_rng(derive_seed(cfg.seed, Stream.ATTACK_DRAWS, server_round,
+                                            partition_id))
     bad = attack.update(update, rng)
     out = dict(shared)
     for k in keys:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import numpy as np
 
 from fedpers.data.base import ClientData, DataSpec
-from fedpers.data.partition import client_splits, derive_seed, split_local
+from fedpers.data.partition import client_splits, split_local
+from fedpers.seeds import Stream, derive_seed
 
 #: Share of each anomaly-task client's normal training rows held out as ``x_val``
 #: (threshold calibration).
@@ -19,12 +20,6 @@ GLOBAL_TEST_FRACTION = 0.2
 #: Fewest normal rows an anomaly-task client must hold before its local split.
 MIN_NORMAL_ROWS = 10
 
-# Stages of seed derivation (see :func:`derive_seed`); one per independent step.
-STAGE_GLOBAL = 0
-STAGE_CLIENTS = 1
-STAGE_VAL = 2
-STAGE_ANOMALY = 3
-STAGE_SHIFT = 4
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 
@@ -42,14 +37,14 @@ def labels(y: np.ndarray) -> np.ndarray:
 def global_holdout(y: np.ndarray, seed: int,
                    fraction: float = GLOBAL_TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split of ``range(len(y))`` into (client pool, global test)."""
-    return split_local(np.arange(len(y)), y, fraction, derive_seed(seed, STAGE_GLOBAL))
+    return split_local(np.arange(len(y)), y, fraction, derive_seed(seed, Stream.DATA_GLOBAL_TEST))
 
 
 def classification_clients(x_raw: np.ndarray, y: np.ndarray, spec: DataSpec,
                            preprocess: Preprocess) -> list[ClientData]:
     """Partition ``(x_raw, y)`` as ``spec`` says and preprocess each client's rows."""
     out = []
-    for train, test in client_splits(y, spec, STAGE_CLIENTS):
+    for train, test in client_splits(y, spec):
         out.append(ClientData(x_train=features(preprocess(x_raw[train])),
                               y_train=labels(y[train]),
                               x_test=features(preprocess(x_raw[test])),
@@ -64,7 +59,7 @@ def intensity_shift(num_clients: int, strength: float, seed: int
     drawn from the seed and the client id; (1, 0) for every client when strength is 0."""
     out = []
     for cid in range(num_clients):
-        rng = np.random.default_rng(derive_seed(seed, STAGE_SHIFT, cid))
+        rng = np.random.default_rng(derive_seed(seed, Stream.DATA_FEATURE_SHIFT, cid))
         a = float(rng.uniform(1.0 - strength, 1.0))  # exactly 1 when strength is 0
         out.append((a, float(rng.uniform(0.0, 1.0 - a))))
     return out
@@ -86,7 +81,8 @@ def shift_features(clients: list[ClientData], spec: DataSpec) -> list[ClientData
 def normal_val_split(normal_idx: np.ndarray, strata: np.ndarray, seed: int,
                      cid: int) -> tuple[np.ndarray, np.ndarray]:
     """Split a client's normal training rows into (fit, validation), stratified by ``strata``."""
-    return split_local(normal_idx, strata, VAL_FRACTION, derive_seed(seed, STAGE_VAL, cid))
+    return split_local(normal_idx, strata, VAL_FRACTION,
+                       derive_seed(seed, Stream.DATA_VALIDATION, cid))
 
 
 def too_few_normal_rows(task: str, cid: int, count: int, spec: DataSpec) -> ValueError:

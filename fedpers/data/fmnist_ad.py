@@ -20,8 +20,6 @@ import numpy as np
 
 from fedpers.data._common import (
     MIN_NORMAL_ROWS,
-    STAGE_ANOMALY,
-    STAGE_CLIENTS,
     features,
     labels,
     normal_val_split,
@@ -29,7 +27,8 @@ from fedpers.data._common import (
 )
 from fedpers.data.base import ClientData, DataSpec, FederatedData, Kind
 from fedpers.data.fmnist import INPUT_SHAPE, load_raw, preprocess_images
-from fedpers.data.partition import client_splits, derive_seed
+from fedpers.data.partition import client_splits
+from fedpers.seeds import Stream, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +62,11 @@ class FmnistAdTask:
         is_anomaly = np.isin(y_train, anomalous)
         normal_idx = np.flatnonzero(~is_anomaly)
         shares = np.array_split(
-            np.random.default_rng(derive_seed(spec.seed, STAGE_ANOMALY))
+            np.random.default_rng(derive_seed(spec.seed, Stream.DATA_ANOMALIES))
             .permutation(np.flatnonzero(is_anomaly)), spec.num_clients)
         rate = len(anomalous) / (NUM_LABELS - len(anomalous))  # anomalies per normal image
         clients = []
-        for cid, (train, test) in enumerate(client_splits(y_train[normal_idx], spec,
-                                                          STAGE_CLIENTS)):
+        for cid, (train, test) in enumerate(client_splits(y_train[normal_idx], spec)):
             normal_train, normal_test = normal_idx[train], normal_idx[test]
             if len(normal_train) + len(normal_test) < MIN_NORMAL_ROWS:
                 raise too_few_normal_rows(self.name, cid, len(normal_train) + len(normal_test),

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpers.data._common import STAGE_CLIENTS, features, labels
+from fedpers.data._common import features, labels
 from fedpers.data.base import ClientData, DataError, DataSpec, FederatedData, Kind
-from fedpers.data.partition import cap_indices, derive_seed
+from fedpers.data.partition import cap_indices
+from fedpers.seeds import Stream, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ def _cap(data: dict[str, np.ndarray], max_samples: int, seed: int) -> dict[str, 
     k_train = max(1, min(n_train, round(max_samples * n_train / (n_train + n_test))))
     k_test = min(n_test, max_samples - k_train)
     out = dict(data)
-    for part, k, key in (("train", k_train, 0), ("test", k_test, 1)):
+    for part, k, key in (("train", k_train, Stream.DATA_CAP_TRAIN),
+                         ("test", k_test, Stream.DATA_CAP_TEST)):
         y = data[f"y_{part}"]
         keep = cap_indices(np.arange(len(y)), y, k, derive_seed(seed, key)) if k else \
             np.zeros(0, np.int64)
@@ -195,7 +197,7 @@ class NpzTask:
                                  f"{data['x_train'].shape[1:]} but {first} has {shape}; all "
                                  f"files must agree")
             data = _cap(data, spec.max_samples_per_client,
-                        derive_seed(spec.seed, STAGE_CLIENTS, cid))
+                        derive_seed(spec.seed, Stream.DATA_CAP, cid))
             clients.append(ClientData(x_train=data["x_train"], y_train=data["y_train"],
                                       x_test=data["x_test"], y_test=data["y_test"]))
         assert shape is not None

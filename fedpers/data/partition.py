@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedpers.seeds import Stream, derive_seed
+
 if TYPE_CHECKING:
     from fedpers.data.base import DataSpec
 
@@ -35,20 +37,9 @@ __all__ = [
     "SCHEMES",
     "cap_indices",
     "client_splits",
-    "derive_seed",
     "partition_indices",
     "split_local",
 ]
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 32-bit seed derived from ``seed`` and integer ``keys`` (stage, client id, ...).
-
-    Independent streams for independent steps (global split, partition, each
-    client's local split) without reusing one seed everywhere.
-    """
-    seq = np.random.SeedSequence([int(seed), *(int(k) for k in keys)])
-    return int(seq.generate_state(1, dtype=np.uint32)[0])
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:
@@ -265,15 +256,14 @@ def cap_indices(indices: np.ndarray, labels: np.ndarray, max_samples: int,
     return np.sort(np.concatenate(keep))
 
 
-def client_splits(labels: np.ndarray, spec: DataSpec,
-                  stage: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def client_splits(labels: np.ndarray, spec: DataSpec) -> list[tuple[np.ndarray, np.ndarray]]:
     """Partition, cap and locally split ``labels`` as ``spec`` says.
 
     The standard pipeline of every partitioned task: :func:`partition_indices`
     with ``spec.partition``, then per client :func:`cap_indices` with
     ``spec.max_samples_per_client`` and :func:`split_local` with
-    ``spec.local_test_fraction``. Seeds derive from ``spec.seed`` and ``stage``
-    (use distinct stages for distinct pools of one task).
+    ``spec.local_test_fraction``. Seeds: ``spec.seed`` and the streams
+    ``Stream.DATA_PARTITION``, ``DATA_CAP`` and ``DATA_LOCAL_SPLIT`` (fedpers.seeds).
 
     Returns
     -------
@@ -282,11 +272,11 @@ def client_splits(labels: np.ndarray, spec: DataSpec,
     """
     parts = partition_indices(labels, spec.num_clients, spec.partition, alpha=spec.alpha,
                               classes_per_client=spec.classes_per_client,
-                              seed=derive_seed(spec.seed, stage, 1))
+                              seed=derive_seed(spec.seed, Stream.DATA_PARTITION))
     out = []
     for cid, part in enumerate(parts):
         capped = cap_indices(part, labels, spec.max_samples_per_client,
-                             derive_seed(spec.seed, stage, 2, cid))
+                             derive_seed(spec.seed, Stream.DATA_CAP, cid))
         out.append(split_local(capped, labels, spec.local_test_fraction,
-                               derive_seed(spec.seed, stage, 3, cid)))
+                               derive_seed(spec.seed, Stream.DATA_LOCAL_SPLIT, cid)))
     return out

@@ -50,9 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpers.data._common import STAGE_CLIENTS, STAGE_GLOBAL, features, labels
+from fedpers.data._common import features, labels
 from fedpers.data.base import ClientData, DataSpec, FederatedData, Kind
-from fedpers.data.partition import derive_seed
+from fedpers.seeds import Stream, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def eligible_speakers(data_dir: str = "", min_chars: int | None = None
 
 
 def _speaker_seed(seed: int, play: str, role: str) -> int:
-    return derive_seed(seed, STAGE_CLIENTS, 3, zlib.crc32(f"{play}/{role}".encode()))
+    return derive_seed(seed, Stream.DATA_SPEAKER, zlib.crc32(f"{play}/{role}".encode()))
 
 
 def split_speeches(speeches: tuple[str, ...], test_fraction: float, seed: int
@@ -247,7 +247,7 @@ class ShakespeareTask:
     def _choose(self, spec: DataSpec) -> list[tuple[str, str, tuple[str, str, str]]]:
         """The first ``num_clients`` eligible speakers (seeded order) with a usable split."""
         pool = eligible_speakers(spec.data_dir)
-        order = np.random.default_rng(derive_seed(spec.seed, STAGE_CLIENTS, 1)).permutation(
+        order = np.random.default_rng(derive_seed(spec.seed, Stream.DATA_PARTITION)).permutation(
             len(pool))
         chosen = []
         for i in order:
@@ -278,9 +278,9 @@ class ShakespeareTask:
             k_train, k_test, k_hold = _caps(len(train[1]), len(test[1]),
                                             spec.max_samples_per_client)
             seed = _speaker_seed(spec.seed, play, role)
-            x_train, y_train = _take(*train, k_train, derive_seed(seed, 0))
-            x_test, y_test = _take(*test, k_test, derive_seed(seed, 1))
-            xh, yh = _take(*hold, k_hold, derive_seed(seed, 2))
+            x_train, y_train = _take(*train, k_train, derive_seed(seed, Stream.DATA_CAP_TRAIN))
+            x_test, y_test = _take(*test, k_test, derive_seed(seed, Stream.DATA_CAP_TEST))
+            xh, yh = _take(*hold, k_hold, derive_seed(seed, Stream.DATA_CAP_HOLDOUT))
             hold_x.append(xh)
             hold_y.append(yh)
             clients.append(ClientData(x_train=x_train, y_train=y_train, x_test=x_test,
@@ -296,7 +296,7 @@ class ShakespeareTask:
     def _deal_iid(parts: list[list[tuple[np.ndarray, np.ndarray]]], spec: DataSpec
                   ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """Pool the chosen speakers' train and test windows and deal them out uniformly."""
-        rng = np.random.default_rng(derive_seed(spec.seed, STAGE_GLOBAL, 7))
+        rng = np.random.default_rng(derive_seed(spec.seed, Stream.DATA_IID_DEAL))
         dealt: list[list[tuple[np.ndarray, np.ndarray]]] = [[p[0]] for p in parts]
         for k in (1, 2):
             x = np.concatenate([p[k][0] for p in parts])

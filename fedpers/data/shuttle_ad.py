@@ -26,7 +26,6 @@ import numpy as np
 
 from fedpers.data._common import (
     MIN_NORMAL_ROWS,
-    STAGE_CLIENTS,
     features,
     global_holdout,
     labels,
@@ -34,7 +33,8 @@ from fedpers.data._common import (
     too_few_normal_rows,
 )
 from fedpers.data.base import ClientData, DataSpec, FederatedData, Kind
-from fedpers.data.partition import cap_indices, derive_seed, partition_indices, split_local
+from fedpers.data.partition import cap_indices, partition_indices, split_local
+from fedpers.seeds import Stream, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +113,13 @@ class ShuttleAdTask:
             try:
                 parts = partition_indices(y, spec.num_clients, spec.partition, alpha=spec.alpha,
                                           classes_per_client=spec.classes_per_client,
-                                          seed=derive_seed(spec.seed, STAGE_CLIENTS, 1, draw))
+                                          seed=derive_seed(spec.seed, Stream.DATA_PARTITION, draw))
             except ValueError:
                 if spec.partition != "dirichlet" or draw == MAX_DRAWS - 1:
                     raise
                 continue  # the partitioner's own redraws failed; try a fresh seed
             parts = [cap_indices(p, y, spec.max_samples_per_client,
-                                 derive_seed(spec.seed, STAGE_CLIENTS, 2, cid))
+                                 derive_seed(spec.seed, Stream.DATA_CAP, cid))
                      for cid, p in enumerate(parts)]
             normal = [int((y[p] == 0).sum()) for p in parts]
             if min(normal) >= MIN_NORMAL_ROWS:
@@ -141,7 +141,7 @@ class ShuttleAdTask:
         for cid, part in enumerate(parts):
             local_train, local_test = split_local(
                 pool[part], y, spec.local_test_fraction,
-                derive_seed(spec.seed, STAGE_CLIENTS, 3, cid))
+                derive_seed(spec.seed, Stream.DATA_LOCAL_SPLIT, cid))
             normal = local_train[y[local_train] == 0]
             fit, val = normal_val_split(normal, y, spec.seed, cid)
             clients.append(ClientData(

@@ -28,12 +28,11 @@ import numpy as np
 
 from fedpers.registry import Params
 from fedpers.rounds import update_norm
-from fedpers.training import derive_seed
+from fedpers.seeds import Stream, derive_seed
 
 if TYPE_CHECKING:
     from fedpers.rounds import CheckedReply
 
-SEED_DP_NOISE = 30  # the server's Gaussian noise, one stream per round
 CLIP_RTOL = 1e-5  # privacy/clipped_server counts updates beyond C (1 + this)
 
 
@@ -103,7 +102,7 @@ class DpFedAvg:
     noise_multiplier : float
         ``z``: the noise std on the sum is ``z C``.
     seed : int
-        The run seed; round ``t``'s noise comes from ``derive_seed(seed, 30, t)``.
+        The run seed; round ``t``'s noise comes from ``derive_seed(seed, Stream.DP_NOISE, t)``.
     """
 
     def __init__(self, clip_norm: float, noise_multiplier: float, seed: int) -> None:
@@ -140,7 +139,7 @@ class DpFedAvg:
             for k in keys:
                 total[k] += arrays[k].astype(np.float64) - reference[k].astype(np.float64)
         m = max(selected, len(passed))
-        rng = np.random.default_rng(derive_seed(self.seed, SEED_DP_NOISE, rnd))
+        rng = np.random.default_rng(derive_seed(self.seed, Stream.DP_NOISE, rnd))
         sigma_sum = self.noise_multiplier * self.clip_norm
         noised = {}
         for k in keys:

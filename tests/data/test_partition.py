@@ -14,7 +14,6 @@ from fedpers.data.partition import (
     SCHEMES,
     cap_indices,
     client_splits,
-    derive_seed,
     partition_indices,
     split_local,
 )
@@ -229,7 +228,3 @@ def test_client_splits_are_disjoint_seeded_and_capped():
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(pairs, other, strict=True))
 
 
-def test_derive_seed_separates_streams():
-    seeds = {derive_seed(1, a, b) for a in range(5) for b in range(5)}
-    assert len(seeds) == 25
-    assert derive_seed(1, 2) == derive_seed(1, 2)

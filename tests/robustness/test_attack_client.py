@@ -66,7 +66,10 @@ def test_attack_survives_a_lossy_codec(codec):
     scaled = _flat(_update({"attack": "scale", "attack-scale": 5.0, **extra}))
     flipped = _flat(_update({"attack-scale": 1.0, **extra}))
     cos = flipped @ honest / (np.linalg.norm(flipped) * np.linalg.norm(honest))
-    assert cos < -0.8
+    # sign sends an entry whose update is 0 as +scale in both uploads (about a quarter of
+    # this model's entries: digits pixels that are always 0), so only the rest flips: its
+    # cosine lies between -0.74 and -0.84 over seeds 0-5
+    assert cos < (-0.6 if codec == "sign" else -0.8)
     ratio = np.linalg.norm(scaled) / np.linalg.norm(honest)
     assert 4.0 < ratio < 6.0
 

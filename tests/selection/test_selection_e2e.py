@@ -9,10 +9,9 @@ from conftest import metric_history
 from fedpers.config import parse_run_config
 from fedpers.data import DataSpec, load_federated
 from fedpers.devices import build_clock
+from fedpers.seeds import Stream, derive_seed
 from fedpers.selection import SELECTORS
-from fedpers.server_app import SEED_SELECT
 from fedpers.simulation import run_simulation
-from fedpers.training import derive_seed
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +101,7 @@ def test_fedprox_does_partial_work_within_the_deadline(tmp_path):
     too_slow = {p for p, c in enumerate(fed.clients)
                 if c.num_train / clock.profiles[p].compute_sps > cfg.round_deadline}
     chosen = set().union(*(SELECTORS["uniform"].select(
-        r, range(6), 3, np.random.default_rng(derive_seed(cfg.seed, SEED_SELECT, r)))
+        r, range(6), 3, np.random.default_rng(derive_seed(cfg.seed, Stream.SELECT_TRAIN, r)))
         for r in ROUNDS))
     assert chosen & too_slow  # partial work was needed
     run_id = run_simulation(cfg)
