@@ -30,13 +30,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from clients._personal import (
-    load_arrays,
-    load_state,
-    model_arrays,
-    personal_budget,
-    save_state,
-)
+from clients.local_training import personal_budget
+from clients.private_state import load_arrays, load_state, model_arrays, save_state
 from fedpers.seeds import Stream, derive_seed
 from fedpers.training import batch_loss, batches
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING
 
-from clients._personal import load_arrays, load_state, model_arrays, personal_sgd, save_state
+from clients.local_training import personal_sgd
+from clients.private_state import load_arrays, load_state, model_arrays, save_state
 from clients.proximal import proximal_hook
 from fedpers.seeds import Stream
 

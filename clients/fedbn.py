@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from clients._personal import KeepPrivate
+from clients.private_state import KeepPrivate
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 

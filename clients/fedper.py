@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clients._personal import KeepPrivate
+from clients.private_state import KeepPrivate
 from fedpers.models import head_keys
 
 if TYPE_CHECKING:

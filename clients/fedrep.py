@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clients._personal import KeepPrivate, personal_sgd
+from clients.local_training import personal_sgd
+from clients.private_state import KeepPrivate
 from fedpers.models import head_keys
 from fedpers.seeds import Stream
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING
 
-from clients._personal import personal_sgd
+from clients.local_training import personal_sgd
 from clients.none import NoPersonalization
 from fedpers.seeds import Stream
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clients._personal import model_arrays, restore, save_state
+from clients.private_state import model_arrays, restore, save_state
 
 if TYPE_CHECKING:
     from torch import nn

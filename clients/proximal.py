@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clients.work import local_sgd
+from clients.local_training import local_sgd
 
 if TYPE_CHECKING:
     from torch import nn

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from clients.work import local_sgd
+from clients.local_training import local_sgd
 from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.training import effective_steps
 

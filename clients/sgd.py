@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clients.work import local_sgd
+from clients.local_training import local_sgd
 
 if TYPE_CHECKING:
     from torch import nn

@@ -10,11 +10,11 @@ from personal_helpers import local_context, one_weight, weight
 from torch import nn
 
 from clients import PERSONALIZERS
-from clients._personal import load_state, save_state
 from clients.apfl import ALPHA_KEY, LOCAL_KEY, apfl_step
 from clients.ditto import STATE_KEY as DITTO_KEY
 from clients.fedbn import norm_keys
 from clients.local import STATE_KEY as LOCAL_MODEL_KEY
+from clients.private_state import load_state, save_state
 from clients.proximal import ProximalUpdate
 from clients.sgd import SGDUpdate
 
@@ -215,7 +215,7 @@ def test_finetune_lr_replaces_the_training_lr_for_fine_tuning_only():
 
 
 def test_stragglers_do_a_share_of_the_extra_passes_too():
-    from clients._personal import personal_budget
+    from clients.local_training import personal_budget
 
     x = np.ones((10, 1), np.float32)
     lc = local_context(x=x, partition_id=0, **{"num-clients": 1, "straggler-fraction": 1.0,

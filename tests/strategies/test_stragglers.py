@@ -7,7 +7,7 @@ import pytest
 from strategy_helpers import local_context, one_weight
 
 from clients import LOCAL_UPDATES
-from clients.work import full_steps, straggler_steps, stragglers
+from clients.local_training import full_steps, straggler_steps, stragglers
 from fedpers.config import ConfigError, config_keys, parse_run_config
 
 

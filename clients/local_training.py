@@ -1,5 +1,6 @@
-"""Systems heterogeneity: a seeded per-client local-work profile, and the one call
-every local update rule trains through.
+"""Local training passes: the one call every local update rule trains through
+(:func:`local_sgd`), the personalisers' extra passes (:func:`personal_sgd`), and the
+seeded per-client local-work profile (stragglers) that caps both.
 
 A share ``straggler-fraction`` of the clients are stragglers: each round they
 complete only ``straggler-work`` of the local SGD steps they were asked for
@@ -68,3 +69,31 @@ def local_sgd(model: nn.Module, lc: LocalContext,
                        batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                        seed=lc.seed, device=lc.device, grad_hook=grad_hook,
                        max_steps=min(budgets, default=None))
+
+
+def personal_budget(lc: LocalContext, epochs: int) -> int | None:
+    """Straggler cap of an extra local pass of ``epochs`` epochs (``None``: no cap).
+
+    Stragglers complete ``straggler-work`` of these steps too. The server's per-round
+    step budget (``max-steps``) caps the strategy's local update only.
+    """
+    cfg = lc.cfg
+    if lc.partition_id not in stragglers(cfg):
+        return None
+    steps = epochs * math.ceil(len(lc.data.x_train) / cfg.batch_size)
+    return max(1, int(math.floor(cfg.straggler_work * steps)))
+
+
+def personal_sgd(model: nn.Module, lc: LocalContext, epochs: int, tag: Stream,
+                 grad_hook: GradHook | None = None, lr: float = 0.0) -> TrainResult:
+    """An extra pass of plain local SGD (fine-tuning, a private head, a personal model).
+
+    Same ``momentum`` and ``batch-size`` as the local update, and its ``lr`` unless
+    ``lr`` > 0 is given; batches drawn from a seed derived from the round's seed and
+    ``tag``.
+    """
+    cfg = lc.cfg
+    return train_local(model, lc.data.x_train, lc.data.y_train, kind=lc.kind, epochs=epochs,
+                       batch_size=cfg.batch_size, lr=lr or cfg.lr, momentum=cfg.momentum,
+                       seed=derive_seed(lc.seed, tag), device=lc.device, grad_hook=grad_hook,
+                       max_steps=personal_budget(lc, epochs))

@@ -1,5 +1,5 @@
-"""Pieces the personalisers share: private state in the Flower Context, extra local
-passes, and the base of the methods that keep some parameters on the client.
+"""Pieces the personalisers share: private state in the Flower Context and the base
+of the methods that keep some parameters on the client.
 
 Private state lives in the client's Context state (``LocalContext.state``, a
 RecordDict kept across rounds) as ArrayRecords built with
@@ -8,16 +8,13 @@ RecordDict kept across rounds) as ArrayRecords built with
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from clients.work import stragglers
 from fedpers.arrays import record_to_numpy, to_array_record
-from fedpers.seeds import Stream, derive_seed
-from fedpers.training import GradHook, TrainResult, train_local
+from fedpers.training import TrainResult
 
 if TYPE_CHECKING:
     from torch import nn
@@ -64,34 +61,6 @@ def restore(model: nn.Module, lc: LocalContext, name: str, keys: set[str]) -> bo
     load_arrays(model, {k: v for k, v in stored.items()
                         if k in keys and k in state and tuple(v.shape) == tuple(state[k].shape)})
     return True
-
-
-def personal_budget(lc: LocalContext, epochs: int) -> int | None:
-    """Straggler cap of an extra local pass of ``epochs`` epochs (``None``: no cap).
-
-    Stragglers complete ``straggler-work`` of these steps too. The server's per-round
-    step budget (``max-steps``) caps the strategy's local update only.
-    """
-    cfg = lc.cfg
-    if lc.partition_id not in stragglers(cfg):
-        return None
-    steps = epochs * math.ceil(len(lc.data.x_train) / cfg.batch_size)
-    return max(1, int(math.floor(cfg.straggler_work * steps)))
-
-
-def personal_sgd(model: nn.Module, lc: LocalContext, epochs: int, tag: Stream,
-                 grad_hook: GradHook | None = None, lr: float = 0.0) -> TrainResult:
-    """An extra pass of plain local SGD (fine-tuning, a private head, a personal model).
-
-    Same ``momentum`` and ``batch-size`` as the local update, and its ``lr`` unless
-    ``lr`` > 0 is given; batches drawn from a seed derived from the round's seed and
-    ``tag``.
-    """
-    cfg = lc.cfg
-    return train_local(model, lc.data.x_train, lc.data.y_train, kind=lc.kind, epochs=epochs,
-                       batch_size=cfg.batch_size, lr=lr or cfg.lr, momentum=cfg.momentum,
-                       seed=derive_seed(lc.seed, tag), device=lc.device, grad_hook=grad_hook,
-                       max_steps=personal_budget(lc, epochs))
 
 
 class KeepPrivate:
