@@ -1,10 +1,11 @@
 """Server half of checkpoint and resume: the round loop's state as MLflow artifacts.
 
 Every ``checkpoint-every`` rounds the ServerApp writes one file to its MLflow run,
-``checkpoints/round-<r>.ckpt``: the global model, the strategy's state
-(``StrategySpec.state``: SCAFFOLD's ``c``, FedAdam's moments, ...), the selection
-statistics and the simulated clock, the anomaly threshold, the byte counters, the
-round, the run config, and the SHA-256 of each client's checkpointed Context state
+``checkpoints/round-<r>.ckpt``: the ``state_dict()`` of every stateful server
+component by name (``fedpers.state``: the round loop with the global model, the
+strategy with SCAFFOLD's ``c`` or FedAdam's moments, the selection statistics and
+the simulated clock, the byte counters, the reject-reason counters), the round, the
+run config, and the SHA-256 of each client's checkpointed Context state
 (``fedpers.client_state``: the state itself stays on the clients). Resuming needs
 only the run id and the tracking store (``fedpers run --resume RUN_ID``).
 
@@ -39,10 +40,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
 
 from fedpers.checkpoint_files import FOLDER, file_name, list_rounds, prune
 from fedpers.checkpoint_files import store_error as _store_error
+from fedpers.state import flatten, unflatten
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -51,7 +52,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAGIC = b"FEDPERS-CKPT-1\n"
-FORMAT = 1
+# 2: components' state_dicts under "state" (1: the round loop's attributes, by hand)
+FORMAT = 2
 # keys that do not change what a run computes: a resumed run may differ in them
 RESUME_EXCLUDE = ("tracking-uri", "experiment", "mlflow-run-id", "checkpoint-every",
                   "client-state-dir")
@@ -61,6 +63,11 @@ ROUND_METRIC = "comm/bytes_up"
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that does not belong to this run or config."""
+
+
+class CheckpointFormatError(CheckpointError):
+    """A checkpoint written in another format version (an older fedpers): refused,
+    never skipped for an older file."""
 
 
 @dataclass
@@ -75,6 +82,21 @@ class Checkpoint:
     def config(self) -> dict[str, Any]:
         return dict(self.meta["config"])
 
+    @classmethod
+    def of_states(cls, round: int, meta: Mapping[str, Any],
+                  states: Mapping[str, Any]) -> Checkpoint:
+        """A checkpoint of ``meta`` plus the components' state dicts by name
+        (``fedpers.state.collect``): their arrays stored as ``state/<name>/...``."""
+        flat, arrays = flatten(dict(states), "state")
+        return cls(round=round, meta={**meta, "state": flat}, arrays=arrays)
+
+    def states(self) -> dict[str, Any]:
+        """The components' state dicts that :meth:`of_states` stored."""
+        if "state" not in self.meta:
+            raise CheckpointError(f"the checkpoint of round {self.round} holds no "
+                                  f"component state")
+        return unflatten(self.meta["state"], self.arrays)
+
 
 # ------------------------------------------------------------------ the file format
 def encode(ckpt: Checkpoint) -> bytes:
@@ -83,7 +105,8 @@ def encode(ckpt: Checkpoint) -> bytes:
     meta = {**ckpt.meta, "format": FORMAT, "round": ckpt.round, "arrays": names}
     entries = {f"a{i}": np.asarray(ckpt.arrays[n], order="C")  # 0-d stays 0-d
                for i, n in enumerate(names)}
-    text = json.dumps(meta, sort_keys=True, default=_json_scalar)
+    # insertion order kept: a state dict's order is part of it (parameter order)
+    text = json.dumps(meta, default=_json_scalar)
     entries["meta"] = np.frombuffer(text.encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **entries)
@@ -107,63 +130,11 @@ def decode(blob: bytes) -> Checkpoint:
     with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
         meta = json.loads(npz["meta"].tobytes().decode())
         if meta.get("format") != FORMAT:
-            raise CheckpointError(f"checkpoint format {meta.get('format')!r}; this fedpers "
-                                  f"reads format {FORMAT}")
+            raise CheckpointFormatError(f"checkpoint format {meta.get('format')!r} (written by an "
+                                  f"older fedpers); this fedpers reads format {FORMAT} only: "
+                                  f"start the run again instead of resuming it")
         arrays = {name: npz[f"a{i}"] for i, name in enumerate(meta.pop("arrays"))}
     return Checkpoint(round=int(meta["round"]), meta=meta, arrays=arrays)
-
-
-# ------------------------------------------------------------------ strategy state
-def strategy_state(strategy: Any, attrs: tuple[str, ...]
-                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(kinds and names, arrays) of the strategy attributes ``attrs``.
-
-    Each attribute is ``None``, a dict of arrays, an ArrayRecord or a list of arrays
-    (the forms Flower's FedOpt, FedAvgM and fedpers' strategies use).
-    """
-    meta: dict[str, Any] = {}
-    arrays: dict[str, np.ndarray] = {}
-    for attr in attrs:
-        value = getattr(strategy, attr)
-        if value is None:
-            meta[attr] = {"kind": "none"}
-            continue
-        if isinstance(value, ArrayRecord):
-            kind, items = "record", [(k, a.numpy()) for k, a in value.items()]
-        elif isinstance(value, Mapping):
-            kind, items = "dict", [(k, np.asarray(v)) for k, v in value.items()]
-        elif isinstance(value, (list, tuple)):
-            kind, items = "list", [(str(i), np.asarray(v)) for i, v in enumerate(value)]
-        else:
-            raise CheckpointError(f"strategy attribute {attr!r} is a {type(value).__name__}; "
-                                  f"a checkpoint holds None, dicts or lists of arrays, or "
-                                  f"ArrayRecords")
-        meta[attr] = {"kind": kind, "names": [k for k, _ in items]}
-        for k, v in items:
-            arrays[f"strategy/{attr}/{k}"] = v
-    return meta, arrays
-
-
-def restore_strategy_state(strategy: Any, attrs: tuple[str, ...], meta: Mapping[str, Any],
-                           arrays: Mapping[str, np.ndarray]) -> None:
-    """Set the attributes saved by :func:`strategy_state` back on ``strategy``."""
-    missing = [a for a in attrs if a not in meta]
-    if missing:
-        raise CheckpointError(f"checkpoint has no strategy state {missing}")
-    for attr in attrs:
-        kind = meta[attr]["kind"]
-        if kind == "none":
-            setattr(strategy, attr, None)
-            continue
-        values = {k: np.array(arrays[f"strategy/{attr}/{k}"]) for k in meta[attr]["names"]}
-        if kind == "record":
-            setattr(strategy, attr, ArrayRecord({k: Array(v) for k, v in values.items()}))
-        elif kind == "dict":
-            setattr(strategy, attr, values)
-        elif kind == "list":
-            setattr(strategy, attr, [values[str(i)] for i in range(len(values))])
-        else:
-            raise CheckpointError(f"unknown strategy state kind {kind!r} of {attr!r}")
 
 
 # ------------------------------------------------------------------ config
@@ -243,6 +214,9 @@ class CheckpointStore:
         for rnd in reversed(self.rounds()):
             try:
                 ckpt = self.load(rnd)
+            except CheckpointFormatError as exc:
+                raise CheckpointFormatError(f"checkpoint of round {rnd} of MLflow run "
+                                            f"{self.tracker.run_id}: {exc}") from exc
             except (CheckpointError, ValueError, KeyError, OSError) as exc:
                 # a torn or corrupt file (decode's own checks, or numpy's on the payload)
                 logger.warning("checkpoint of round %d is unusable (%s); trying the one "
@@ -303,5 +277,5 @@ def resume_config(tracking_uri: str, run_id: str) -> RunConfig:
     return parse_run_config({**ckpt.config, "tracking-uri": uri, "mlflow-run-id": run_id})
 
 
-__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "check_compatible", "decode",
-           "encode", "restore_strategy_state", "resume_config", "strategy_state"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointFormatError", "CheckpointStore",
+           "check_compatible", "decode", "encode", "resume_config"]

@@ -10,7 +10,7 @@ only codec code that touches Flower records:
 - :func:`encode_extra_record` (client): a strategy's extra reply record (SCAFFOLD's
   control update) through the same codec, as an update against zero, with its own
   error-feedback residual (``"ef-residual/<record>"``); the server's reply checks
-  (:func:`fedpers.rounds.check_extra_records`) decode it.
+  (:func:`fedpers.screening.check_extra_records`) decode it.
 - :func:`received_arrays` (client): the broadcast as numpy, decoded when the
   server compresses it (``codec-down``).
 - :func:`encode_broadcast` (server): replaces the ``"arrays"`` record of the
@@ -30,6 +30,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedpers.arrays import record_to_numpy, to_array_record
+from fedpers.byte_count import Sizer, content_bytes
 from fedpers.codecs import Codec, build_codec
 from fedpers.codecs.update import (
     EncodedUpdate,
@@ -37,7 +38,6 @@ from fedpers.codecs.update import (
     encode_update,
     encode_weights,
 )
-from fedpers.comm import Sizer, content_bytes
 
 EF_STATE_KEY = "ef-residual"
 DISTORTION_METRIC = "codec-distortion"
@@ -144,7 +144,7 @@ class UploadStats:
             size: Sizer = content_bytes) -> None:
         """Count one accepted train reply (call before its content is replaced);
         ``extra``: its decoded extra records (SCAFFOLD's control update); ``size``: what
-        sizes the reply (the round's :class:`fedpers.comm.ReplySizes`)."""
+        sizes the reply (the round's :class:`fedpers.byte_count.ReplySizes`)."""
         self.raw += sum(int(a.nbytes) for a in arrays.values())
         self.raw += sum(int(a.nbytes) for rec in (extra or {}).values() for a in rec.values())
         self.sent += size(reply.content)

@@ -41,7 +41,7 @@ The clock (server side): a client's time in a round is
 
     samples / compute-sps + bytes down / down-bps + bytes up / up-bps
 
-with the exact bytes of its train message and reply (``fedpers.comm``), and the
+with the exact bytes of its train message and reply (``fedpers.byte_count``), and the
 samples it processed (from the ``steps`` it reports; see :func:`samples_processed`).
 A round lasts as long as its slowest client that finishes; with a deadline
 (``round-deadline`` > 0), clients slower than the deadline are dropped and the
@@ -57,7 +57,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -307,6 +307,17 @@ class Clock:
         timing = time_round(seconds, self.deadline)
         self.total_s += timing.duration_s
         return timing
+
+    def state_dict(self) -> dict[str, Any]:
+        """The simulated time so far and each client's last measured bytes (the
+        profiles are drawn again from the seed, or reported again at the handshake)."""
+        return {"total_s": self.total_s,
+                "last_bytes": {str(p): list(b) for p, b in self.last_bytes.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.total_s = float(state["total_s"])
+        self.last_bytes = {int(p): (int(b[0]), int(b[1]))
+                           for p, b in state["last_bytes"].items()}
 
 
 def _draw(seed: int, tag: Stream, server_round: int, partition_id: int) -> float:

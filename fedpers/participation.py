@@ -1,6 +1,6 @@
-"""Who takes part in a round, and how long it takes: the server side of issue 7.
+"""Who takes part in a round and how long it takes: selection statistics, simulated clock.
 
-:class:`Participation` ties the round loop (``fedpers.server_app``) to the selection
+:class:`Participation` ties the round loop (``fedpers.server_loop``) to the selection
 statistics (``fedpers.selection.ClientStats``) and, with a device profile, to the
 simulated clock (``fedpers.devices.Clock``):
 
@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from fedpers.comm import Sizer, content_bytes
+from fedpers.byte_count import Sizer, content_bytes
 from fedpers.devices import MAX_STEPS, RoundTiming, build_clock, samples_processed
 from fedpers.selection import ClientStats, jain_index
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
-    from fedpers.rounds import Roster
+    from fedpers.roster import Roster
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Participation:
     def finish(self, server_round: int, replies: Sequence[Message],
                size: Sizer = content_bytes) -> set[int]:
         """Time the replies on the clock; return the partition ids that were late.
-        ``size``: what sizes a reply (the round's :class:`fedpers.comm.ReplySizes`)."""
+        ``size``: what sizes a reply (the round's :class:`fedpers.byte_count.ReplySizes`)."""
         if self.clock is None:
             return set()
         seconds: dict[int, float] = {}
@@ -169,6 +169,17 @@ class Participation:
                             "expected-s": _blank(rec.expected_s)})
             rows.append(row)
         return rows
+
+    def state_dict(self) -> dict[str, Any]:
+        """The selection statistics and the simulated clock (``None`` without one);
+        the rest is rebuilt at the start of each round."""
+        return {"selection": self.stats.state_dict(),
+                "clock": None if self.clock is None else self.clock.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.stats.load_state_dict(state["selection"])
+        if self.clock is not None and state["clock"] is not None:
+            self.clock.load_state_dict(state["clock"])
 
     def metrics(self) -> dict[str, float]:
         if self.clock is None:

@@ -73,7 +73,7 @@ from strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
-    from fedpers.rounds import CheckedReply
+    from fedpers.screening import CheckedReply
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,8 @@ class RobustLayer:
     normalises_steps : bool
         The strategy divides updates by local steps (FedNova).
     """
+
+    stateless = True  # a function of each round's replies (fedpers.state)
 
     def __init__(self, cfg: RunConfig, normalises_steps: bool = False) -> None:
         self.aggregator = build_aggregator(cfg)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 if TYPE_CHECKING:
@@ -32,10 +33,9 @@ class StrategySpec:
     the server gives each client the local steps that fit the deadline (``max-steps``)
     and aggregates that partial work, instead of dropping clients that are too slow.
 
-    ``state`` names the strategy object's attributes that carry state from one round
-    to the next (e.g. SCAFFOLD's ``control``, FedAdam's moments ``m_t``, ``v_t``): a
-    checkpoint saves them and a resumed run restores them (``fedpers.checkpoint``).
-    Each is ``None``, a dict of numpy arrays, an ArrayRecord or a list of arrays.
+    What a strategy carries from one round to the next is the built strategy's own
+    ``state_dict()`` / ``load_state_dict()`` (:class:`StrategyState`), or it is
+    declared stateless (:class:`Stateless`); ``fedpers.state`` checks one or the other.
 
     ``normalises_steps``: the strategy divides each client's update by its effective
     local steps (the reply's ``steps`` metric, FedNova). Robust aggregation
@@ -48,7 +48,6 @@ class StrategySpec:
     paper: str = ""
     extra_records: tuple[str, ...] = ()
     partial_work: bool = False
-    state: tuple[str, ...] = ()
     normalises_steps: bool = False
 
 
@@ -79,3 +78,60 @@ class SharedPart:
             self.current_arrays = ArrayRecord(kept) if isinstance(current, ArrayRecord) \
                 else kept
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+
+
+class Stateless:
+    """Mixin: the strategy keeps nothing from one round to the next (``fedpers.state``)."""
+
+    stateless = True
+
+
+class StrategyState:
+    """Mixin: ``state_dict()`` / ``load_state_dict()`` over the attributes named in
+    ``state_attrs``, the ones that carry state from one round to the next (Flower's
+    or fedpers' own names, e.g. FedAdam's moments). Each is ``None``, a dict of numpy
+    arrays, an ArrayRecord or a list of arrays; its kind and order survive a
+    checkpoint."""
+
+    state_attrs: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for attr in self.state_attrs:
+            value = getattr(self, attr)
+            if value is None:
+                out[attr] = None
+            elif isinstance(value, ArrayRecord):
+                out[attr] = {"kind": "record", "names": list(value.keys()),
+                             "values": [a.numpy() for a in value.values()]}
+            elif isinstance(value, Mapping):
+                out[attr] = {"kind": "dict", "names": list(value.keys()),
+                             "values": [np.asarray(v) for v in value.values()]}
+            elif isinstance(value, (list, tuple)):
+                out[attr] = {"kind": "list", "values": [np.asarray(v) for v in value]}
+            else:
+                raise TypeError(f"{type(self).__name__}.{attr} is a {type(value).__name__}; "
+                                f"strategy state is None, dicts or lists of arrays, or "
+                                f"ArrayRecords")
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        missing = [a for a in self.state_attrs if a not in state]
+        if missing:
+            raise KeyError(f"{type(self).__name__}: no saved state for {missing}")
+        for attr in self.state_attrs:
+            saved = state[attr]
+            if saved is None:
+                setattr(self, attr, None)
+                continue
+            values = [np.array(v) for v in saved["values"]]
+            kind = saved["kind"]
+            if kind == "record":
+                setattr(self, attr, ArrayRecord({k: Array(v) for k, v in
+                                                 zip(saved["names"], values, strict=True)}))
+            elif kind == "dict":
+                setattr(self, attr, dict(zip(saved["names"], values, strict=True)))
+            elif kind == "list":
+                setattr(self, attr, values)
+            else:
+                raise KeyError(f"{type(self).__name__}.{attr}: unknown state kind {kind!r}")

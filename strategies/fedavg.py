@@ -10,14 +10,18 @@ from typing import TYPE_CHECKING
 
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.base import TAKE_ALL, StrategySpec
+from strategies.base import TAKE_ALL, Stateless, StrategySpec
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
 
 
+class PlainFedAvg(Stateless, FedAvg):
+    """Flower's FedAvg; it keeps nothing between rounds."""
+
+
 def build(cfg: RunConfig) -> FedAvg:
-    return FedAvg(**TAKE_ALL)
+    return PlainFedAvg(**TAKE_ALL)
 
 
 FEDAVG = StrategySpec(build=build, local_update="sgd", paper="arXiv 1602.05629")

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM
 
-from strategies.base import TAKE_ALL, SharedPart, StrategySpec
+from strategies.base import TAKE_ALL, SharedPart, StrategySpec, StrategyState
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 DEFAULT_SERVER_LR = 1.0  # Flower's FedAvgM server_learning_rate
 
 
-class SharedFedAvgM(SharedPart, FedAvgM):
+class SharedFedAvgM(StrategyState, SharedPart, FedAvgM):
     """Flower's FedAvgM over the parameters the replies carry."""
+
+    state_attrs = ("current_arrays", "momentum_vector")  # Flower's FedAvgM names
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -38,5 +40,4 @@ def build(cfg: RunConfig) -> FedAvgM:
                          server_momentum=cfg.server_momentum)
 
 
-FEDAVGM = StrategySpec(build=build, local_update="sgd", paper="arXiv 1909.06335",
-                       state=("current_arrays", "momentum_vector"))
+FEDAVGM = StrategySpec(build=build, local_update="sgd", paper="arXiv 1909.06335")

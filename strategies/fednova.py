@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.engine import AggregationError
 from fedpers.training import effective_steps
-from strategies.base import TAKE_ALL, StrategySpec
+from strategies.base import TAKE_ALL, StrategySpec, StrategyState
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -38,7 +38,7 @@ STEPS_KEY = "steps"
 DEFAULT_SERVER_LR = 1.0
 
 
-class FedNova(FedAvg):
+class FedNova(StrategyState, FedAvg):
     """FedAvg's sampling and checks with FedNova's normalised aggregation.
 
     Parameters
@@ -48,6 +48,8 @@ class FedNova(FedAvg):
     server_lr : float
         Global step size (1.0 = the paper's plain FedNova).
     """
+
+    state_attrs = ("current",)
 
     def __init__(self, *, momentum: float = 0.0, server_lr: float = DEFAULT_SERVER_LR,
                  **kwargs: object) -> None:
@@ -97,4 +99,4 @@ def build(cfg: RunConfig) -> FedNova:
 
 
 FEDNOVA = StrategySpec(build=build, local_update="sgd", paper="arXiv 2007.07481",
-                       state=("current",), normalises_steps=True)
+                       normalises_steps=True)

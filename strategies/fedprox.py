@@ -16,14 +16,18 @@ from typing import TYPE_CHECKING
 
 from flwr.serverapp.strategy import FedProx
 
-from strategies.base import TAKE_ALL, StrategySpec
+from strategies.base import TAKE_ALL, Stateless, StrategySpec
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
 
 
+class PlainFedProx(Stateless, FedProx):
+    """Flower's FedProx (server half); it keeps nothing between rounds."""
+
+
 def build(cfg: RunConfig) -> FedProx:
-    return FedProx(**TAKE_ALL, proximal_mu=cfg.proximal_mu)
+    return PlainFedProx(**TAKE_ALL, proximal_mu=cfg.proximal_mu)
 
 
 FEDPROX = StrategySpec(build=build, local_update="proximal", paper="arXiv 1812.06127",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from flwr.serverapp.strategy import FedYogi
 
-from strategies.base import TAKE_ALL, SharedPart, StrategySpec
+from strategies.base import TAKE_ALL, SharedPart, StrategySpec, StrategyState
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 DEFAULT_SERVER_LR = 0.01  # Flower's FedYogi eta
 
 
-class SharedFedYogi(SharedPart, FedYogi):
+class SharedFedYogi(StrategyState, SharedPart, FedYogi):
     """Flower's FedYogi over the parameters the replies carry."""
+
+    state_attrs = ("current_arrays", "m_t", "v_t")  # Flower's FedOpt / FedYogi names
 
 
 def build(cfg: RunConfig) -> FedYogi:
@@ -30,5 +32,4 @@ def build(cfg: RunConfig) -> FedYogi:
                          beta_1=cfg.server_momentum)
 
 
-FEDYOGI = StrategySpec(build=build, local_update="sgd", paper="arXiv 2003.00295",
-                       state=("current_arrays", "m_t", "v_t"))
+FEDYOGI = StrategySpec(build=build, local_update="sgd", paper="arXiv 2003.00295")

@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedpers.arrays import record_to_numpy, to_array_record
-from strategies.base import TAKE_ALL, StrategySpec
+from strategies.base import TAKE_ALL, StrategySpec, StrategyState
 
 if TYPE_CHECKING:
     from fedpers.config import RunConfig
@@ -36,7 +36,7 @@ CONTROL = "control"  # same name as in clients/scaffold.py
 DEFAULT_SERVER_LR = 1.0
 
 
-class Scaffold(FedAvg):
+class Scaffold(StrategyState, FedAvg):
     """FedAvg's sampling and weighting plus the server half of SCAFFOLD.
 
     Parameters
@@ -47,6 +47,8 @@ class Scaffold(FedAvg):
     server_lr : float
         Global step size ``eta_g`` (1.0 = the averaged client model).
     """
+
+    state_attrs = ("control", "current")
 
     def __init__(self, *, num_clients: int, server_lr: float = DEFAULT_SERVER_LR,
                  **kwargs: object) -> None:
@@ -96,4 +98,4 @@ def build(cfg: RunConfig) -> Scaffold:
 
 
 SCAFFOLD = StrategySpec(build=build, local_update="scaffold", paper="arXiv 1910.06378",
-                        extra_records=(CONTROL,), state=("control", "current"))
+                        extra_records=(CONTROL,))

@@ -12,6 +12,9 @@ checkpoint restores bit-exact float32 arrays.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import os
 import re
@@ -27,17 +30,18 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedpers import client_state
 from fedpers.checkpoint import (
+    MAGIC,
     Checkpoint,
     CheckpointError,
+    CheckpointFormatError,
     CheckpointStore,
     check_compatible,
     decode,
     encode,
-    restore_strategy_state,
     resume_config,
-    strategy_state,
 )
 from fedpers.config import parse_run_config
+from fedpers.state import is_stateless, require_state_protocol
 from fedpers.tracking import Tracker
 from fedpers.tracking_store import TrackingError
 from strategies import STRATEGIES
@@ -75,13 +79,17 @@ def test_a_torn_or_corrupt_checkpoint_is_refused(cut):
 
 
 # ------------------------------------------------------------------ strategy state
+def _stateful(name: str) -> bool:
+    return not is_stateless(STRATEGIES[name].build(parse_run_config({"strategy": name})))
+
+
 def _all_state_attrs_filled(name: str):
     """A strategy of each kind after one aggregation-like step of state."""
     cfg = parse_run_config({"strategy": name, "num-clients": 3})
     spec = STRATEGIES[name]
     strat = spec.build(cfg)
     rng = np.random.default_rng(0)
-    for attr in spec.state:
+    for attr in strat.state_attrs:
         current = getattr(strat, attr)
         if attr == "momentum_vector":
             value = [rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal(4)]
@@ -115,38 +123,56 @@ def _same(a, b) -> None:
         assert a is None and b is None
 
 
-def test_every_stateful_strategy_declares_its_state():
+def _through_a_file(state):
+    back = decode(encode(Checkpoint.of_states(1, {}, {"strategy": state})))
+    return back.states()["strategy"]
+
+
+def test_every_stateful_strategy_has_its_state_methods():
     expected = {"scaffold": {"control", "current"}, "fednova": {"current"},
                 "fedadam": {"current_arrays", "m_t", "v_t"},
                 "fedyogi": {"current_arrays", "m_t", "v_t"},
-                "fedavgm": {"current_arrays", "momentum_vector"},
-                "fedavg": set(), "fedprox": set()}
-    assert {n: set(s.state) for n, s in STRATEGIES.items()} == expected
-    for name, spec in STRATEGIES.items():  # the attributes exist on the built strategy
-        strat = spec.build(parse_run_config({"strategy": name}))
-        for attr in spec.state:
+                "fedavgm": {"current_arrays", "momentum_vector"}}
+    built = {n: s.build(parse_run_config({"strategy": n})) for n, s in STRATEGIES.items()}
+    assert {n: set(s.state_attrs) for n, s in built.items() if _stateful(n)} == expected
+    assert {n for n in built if not _stateful(n)} == {"fedavg", "fedprox"}
+    for name, strat in built.items():
+        require_state_protocol(name, strat)
+        for attr in getattr(strat, "state_attrs", ()):
             assert hasattr(strat, attr), (name, attr)
 
 
-@pytest.mark.parametrize("name", [n for n, s in STRATEGIES.items() if s.state])
+@pytest.mark.parametrize("name", [n for n in STRATEGIES if _stateful(n)])
 def test_strategy_state_round_trips_through_a_checkpoint(name):
-    spec, strat = _all_state_attrs_filled(name)
-    meta, arrays = strategy_state(strat, spec.state)
-    back = decode(encode(Checkpoint(round=1, meta={"strategy": meta}, arrays=arrays)))
-    fresh = spec.build(parse_run_config({"strategy": name, "num-clients": 3}))
-    restore_strategy_state(fresh, spec.state, back.meta["strategy"], back.arrays)
-    for attr in spec.state:
+    _, strat = _all_state_attrs_filled(name)
+    fresh = STRATEGIES[name].build(parse_run_config({"strategy": name, "num-clients": 3}))
+    fresh.load_state_dict(_through_a_file(strat.state_dict()))
+    for attr in strat.state_attrs:
         _same(getattr(strat, attr), getattr(fresh, attr))
 
 
 def test_none_state_round_trips_as_none():
-    spec = STRATEGIES["fedadam"]
-    strat = spec.build(parse_run_config({"strategy": "fedadam"}))
-    meta, arrays = strategy_state(strat, spec.state)
-    assert arrays == {} and all(m == {"kind": "none"} for m in meta.values())
+    strat = STRATEGIES["fedadam"].build(parse_run_config({"strategy": "fedadam"}))
+    state = _through_a_file(strat.state_dict())
+    assert all(v is None for v in state.values())
     strat.m_t = {"w": np.ones(2)}
-    restore_strategy_state(strat, spec.state, meta, arrays)
+    strat.load_state_dict(state)
     assert strat.m_t is None
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_naming_its_version():
+    blob = encode(_ckpt())
+    payload = blob[len(MAGIC) + 32:]
+    with np.load(io.BytesIO(payload)) as npz:
+        entries = dict(npz)
+    meta = json.loads(entries["meta"].tobytes().decode())
+    meta["format"] = 1
+    entries["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **entries)
+    old = MAGIC + hashlib.sha256(buf.getvalue()).digest() + buf.getvalue()
+    with pytest.raises(CheckpointFormatError, match=r"checkpoint format 1 .*reads format 2"):
+        decode(old)
 
 
 @pytest.mark.usefixtures("task_identity")  # Messages outside an app
@@ -162,9 +188,8 @@ def test_restored_scaffold_steps_exactly_like_the_original():
     strat = spec.build(cfg)
     strat.control = {"w": np.array([1.0, -2.0], dtype=np.float32)}
     strat.current = {"w": np.array([0.5, 0.5], dtype=np.float32)}
-    meta, arrays = strategy_state(strat, spec.state)
     resumed = spec.build(cfg)
-    restore_strategy_state(resumed, spec.state, meta, arrays)
+    resumed.load_state_dict(_through_a_file(strat.state_dict()))
 
     def reply(y, dc, n):
         ins = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=7)

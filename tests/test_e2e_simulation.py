@@ -7,7 +7,7 @@ import pytest
 from conftest import metric_history
 from mlflow.tracking import MlflowClient
 
-from fedpers.comm import content_bytes
+from fedpers.byte_count import content_bytes
 from fedpers.config import parse_run_config
 from fedpers.run_params import applicable_params
 from fedpers.simulation import run_simulation

@@ -21,7 +21,7 @@ from flwr.app import (
 )
 
 from fedpers import client_state
-from fedpers.comm import messages_bytes
+from fedpers.byte_count import messages_bytes
 from fedpers.config import ConfigError, clients_per_round, parse_run_config
 from fedpers.server_app import virtual_grid
 from fedpers.virtual import (

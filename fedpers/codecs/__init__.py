@@ -4,7 +4,7 @@ A codec turns the client's upload (a dict of named float arrays) into the dict o
 arrays that is actually sent, and back. Lossy codecs compress the model update,
 not the weights (:mod:`fedpers.codecs.update`); every encoded tensor is one
 ``uint8`` array with a small header (:mod:`fedpers.codecs._format`). The bytes
-that cross the wire are measured on the sent form (``fedpers.comm``), so a
+that cross the wire are measured on the sent form (``fedpers.byte_count``), so a
 codec's saving shows in ``comm/bytes_up`` without the codec reporting anything
 itself; ``encoded_nbytes(shape)`` gives the same size analytically.
 

@@ -106,7 +106,12 @@ def check_dp_config(cfg: RunConfig) -> None:
 
 
 class PrivacyLayer:
-    """What the round loop uses: the server half of the ``dp`` mode and its accountant."""
+    """What the round loop uses: the server half of the ``dp`` mode and its accountant.
+
+    Stateless: the accountant's epsilon is a function of the releases so far, which
+    the round loop counts (its aggregated rounds, checkpointed with the loop)."""
+
+    stateless = True
 
     def __init__(self, cfg: RunConfig) -> None:
         params = DpParams.from_config(cfg)

@@ -140,6 +140,8 @@ class RdpAccountant:
     releases, which the server's checkpoint already holds (rounds aggregated).
     """
 
+    stateless = True  # fedpers.state
+
     def __init__(self, q: float, sigma: float, delta: float,
                  orders: tuple[float, ...] = ORDERS) -> None:
         if not 0.0 < delta < 1.0:

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedpers.registry import Params
-from fedpers.rounds import update_norm
+from fedpers.screening import update_norm
 from fedpers.seeds import Stream, derive_seed
 
 if TYPE_CHECKING:
-    from fedpers.rounds import CheckedReply
+    from fedpers.screening import CheckedReply
 
 CLIP_RTOL = 1e-5  # privacy/clipped_server counts updates beyond C (1 + this)
 
@@ -104,6 +104,8 @@ class DpFedAvg:
     seed : int
         The run seed; round ``t``'s noise comes from ``derive_seed(seed, Stream.DP_NOISE, t)``.
     """
+
+    stateless = True  # each round's noise comes from its own seeded stream
 
     def __init__(self, clip_norm: float, noise_multiplier: float, seed: int) -> None:
         self.clip_norm = float(clip_norm)

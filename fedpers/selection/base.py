@@ -9,9 +9,10 @@ device profile), how often and when it was last selected. No Flower import here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -88,6 +89,13 @@ class ClientStats:
 
     def selection_counts(self, partition_ids: Iterable[int]) -> list[int]:
         return [self.get(p).times_selected for p in partition_ids]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every client's record, by partition id (as a string, for JSON)."""
+        return {str(p): dataclasses.asdict(r) for p, r in self.clients.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.clients = {int(p): ClientRecord(**r) for p, r in state.items()}
 
 
 def jain_index(values: Sequence[float]) -> float:

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 
 class UniformSelector:
+    stateless = True  # what it reads lives in ClientStats (fedpers.state)
+
     def build(self, params: SelectionParams) -> UniformSelector:
         return self
 

@@ -22,7 +22,7 @@ from clients import PERSONALIZERS
 from fedpers.codecs import build_codec
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS
-from fedpers.rounds import check_extra_records, check_train_reply
+from fedpers.screening import check_extra_records, check_train_reply
 from strategies import STRATEGIES
 
 pytestmark = pytest.mark.usefixtures("bn_task", "task_identity")

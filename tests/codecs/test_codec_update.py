@@ -14,6 +14,7 @@ from flwr.app import (
     RecordDict,
 )
 
+from fedpers.byte_count import content_bytes
 from fedpers.codecs import CODECS, CodecError, build_codec
 from fedpers.codecs.update import (
     PACKED_KEY,
@@ -25,7 +26,6 @@ from fedpers.codecs.update import (
     packed_nbytes,
     unpack,
 )
-from fedpers.comm import content_bytes
 from fedpers.compression import (
     DISTORTION_METRIC,
     EF_STATE_KEY,
@@ -35,7 +35,7 @@ from fedpers.compression import (
 )
 from fedpers.compression import encode_reply_arrays as _encode_reply_arrays
 from fedpers.config import ConfigError, parse_run_config
-from fedpers.rounds import RejectedReply, check_train_reply
+from fedpers.screening import RejectedReply, check_train_reply
 
 LOSSY = [k for k, c in CODECS.items() if c.lossy]
 

@@ -12,9 +12,9 @@ import pytest
 from conftest import metric_history
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedpers.byte_count import content_bytes
 from fedpers.codecs import build_codec
 from fedpers.codecs.update import PACKED_KEY, packed_nbytes
-from fedpers.comm import content_bytes
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS
 from fedpers.simulation import run_simulation

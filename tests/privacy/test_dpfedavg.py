@@ -10,7 +10,7 @@ from fedpers.config import parse_run_config
 from fedpers.privacy import PrivacyLayer, build_privacy, sampling_rate
 from fedpers.privacy.accountant import RdpAccountant
 from fedpers.privacy.dpfedavg import DpFedAvg, clip_update
-from fedpers.rounds import CheckedReply, update_norm
+from fedpers.screening import CheckedReply, update_norm
 
 REF = {"w": np.array([1.0, 1.0], np.float32), "b": np.array([0.0], np.float32),
        "steps": np.array([7], np.int64)}

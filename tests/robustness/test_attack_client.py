@@ -13,7 +13,7 @@ from fedpers.client_app import train
 from fedpers.codecs import build_codec
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS
-from fedpers.rounds import check_train_reply
+from fedpers.screening import check_train_reply
 from strategies import STRATEGIES
 
 NODE = 5

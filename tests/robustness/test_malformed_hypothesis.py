@@ -1,7 +1,7 @@
 """Property-based: random malformed training replies are rejected before aggregation,
 each with its reason, and never change the aggregate; valid replies are accepted.
 
-Each generated reply goes through :func:`fedpers.rounds.screen_train_reply` (every
+Each generated reply goes through :func:`fedpers.screening.screen_train_reply` (every
 check the round loop runs), then ``consistent_key_sets``, the robust layer and
 Flower's FedAvg, as in ``Experiment.train_round``.
 """
@@ -23,7 +23,7 @@ from fedpers.codecs import CODECS, build_codec
 from fedpers.codecs.update import PACKED_KEY, encode_update
 from fedpers.config import parse_run_config
 from fedpers.robust import RobustLayer
-from fedpers.rounds import (
+from fedpers.screening import (
     REJECT_REASONS,
     CheckedReply,
     RejectedReply,

@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.config import parse_run_config
 from fedpers.robust import RobustLayer
-from fedpers.rounds import CheckedReply, clean_reply
+from fedpers.screening import CheckedReply, clean_reply
 from strategies import STRATEGIES
 
 # the global model: two float parameters, one integer buffer, one private parameter

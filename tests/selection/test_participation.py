@@ -17,12 +17,12 @@ from flwr.app import (
 )
 
 from clients import LOCAL_UPDATES, LocalContext
-from fedpers.comm import content_bytes
+from fedpers.byte_count import content_bytes
 from fedpers.config import parse_run_config
 from fedpers.data.base import ClientData
 from fedpers.devices import MAX_STEPS, DeviceProfile, samples_processed
 from fedpers.participation import Participation
-from fedpers.rounds import Roster
+from fedpers.roster import Roster
 
 N = {0: 64, 1: 64, 2: 10}  # training-set sizes
 

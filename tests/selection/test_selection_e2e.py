@@ -32,7 +32,7 @@ def upload_bytes(uri: str, run_id: str) -> int:
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
     from mlflow.tracking import MlflowClient
 
-    from fedpers.comm import content_bytes
+    from fedpers.byte_count import content_bytes
 
     local = MlflowClient(tracking_uri=uri).download_artifacts(run_id, "model")
     state = torch.load(f"{local}/global_model.pt", weights_only=True)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
+from fedpers.byte_count import content_bytes
 from fedpers.codecs import CODECS, build_codec
-from fedpers.comm import content_bytes
-from fedpers.rounds import (
+from fedpers.screening import (
     CheckedReply,
     RejectedReply,
     check_extra_records,

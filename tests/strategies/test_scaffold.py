@@ -18,8 +18,8 @@ from strategy_helpers import (
 
 from clients import LOCAL_UPDATES
 from clients.scaffold import CONTROL, STATE_KEY
+from fedpers.byte_count import messages_bytes
 from fedpers.client_app import train
-from fedpers.comm import messages_bytes
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS
 from strategies import STRATEGIES

@@ -8,7 +8,7 @@ from conftest import metric_history
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from mlflow.tracking import MlflowClient
 
-from fedpers.comm import content_bytes
+from fedpers.byte_count import content_bytes
 from fedpers.config import parse_run_config
 from fedpers.simulation import run_simulation
 

@@ -1,105 +1,24 @@
-"""Pieces of the server round loop: the node roster, the selected-grid view and
-the reply checks. No MLflow here; ``fedpers.server_app`` ties them together."""
+"""Screening of the replies: decode each training reply once and check it against the
+global model (records, metrics, names, shapes, dtypes, finite values, update norm);
+a bad one raises :class:`RejectedReply` with its reason. No MLflow or Flower grid
+here; ``fedpers.server_pipeline`` runs it as the first step of a round."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import Message, MetricRecord, RecordDict
 
 from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.codecs.base import Codec, CodecError
 from fedpers.codecs.update import decode_update
 
 logger = logging.getLogger(__name__)
-
-
-class SelectedGrid:
-    """A view of a Grid that shows only the selected nodes.
-
-    fedpers picks the clients of a round itself (seeded, by partition id) and hands
-    any Flower strategy this view: the strategy "samples" all nodes it sees.
-    """
-
-    def __init__(self, grid: Grid, node_ids: Sequence[int]) -> None:
-        self._grid = grid
-        self._node_ids = list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._node_ids)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-
-@dataclass
-class Roster:
-    """Which node serves which partition (client index), and its train-set size."""
-
-    partition_of: dict[int, int] = field(default_factory=dict)  # node id -> partition id
-    num_examples: dict[int, int] = field(default_factory=dict)  # partition id -> n train
-    # partition id -> anything else the client put in its handshake reply (e.g. the
-    # device profile a SuperNode reports from its node config, fedpers.devices)
-    reported: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    def node_of(self) -> dict[int, int]:
-        return {p: n for n, p in self.partition_of.items()}
-
-    def partitions(self) -> list[int]:
-        return sorted(self.partition_of.values())
-
-
-def wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
-    """Wait until ``wanted`` nodes are connected (or ``timeout`` s pass); return their ids."""
-    deadline = time.monotonic() + timeout
-    last = -1
-    while True:
-        ids = sorted(grid.get_node_ids())
-        if len(ids) >= wanted or time.monotonic() >= deadline:
-            return ids
-        if len(ids) != last:
-            logger.info("waiting for clients: %d of %d connected", len(ids), wanted)
-            last = len(ids)
-        time.sleep(0.5)
-
-
-def refresh_roster(grid: Grid, roster: Roster, num_clients: int, timeout: float) -> list[int]:
-    """Ask nodes not yet in the roster for their partition id. Returns new partition ids."""
-    unknown = [n for n in grid.get_node_ids() if n not in roster.partition_of]
-    if not unknown:
-        return []
-    msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n)
-            for n in unknown]
-    added = []
-    for reply in grid.send_and_receive(msgs, timeout=timeout):
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            logger.warning("client on node %d failed the handshake: %s", node,
-                           reply.error.reason)
-            continue
-        info = reply.content.metric_records.get("info")
-        if info is None or "partition-id" not in info:
-            logger.warning("node %d sent a handshake reply without partition-id", node)
-            continue
-        pid = int(info["partition-id"])
-        if not 0 <= pid < num_clients or pid in roster.partition_of.values():
-            logger.warning("node %d claims partition-id %d, which is out of range or taken; "
-                           "ignoring it", node, pid)
-            continue
-        roster.partition_of[node] = pid
-        roster.num_examples[pid] = int(info.get("num-examples", 0))
-        roster.reported[pid] = {k: float(v) for k, v in info.items()
-                                if k not in ("partition-id", "num-examples")
-                                and isinstance(v, (int, float))}
-        added.append(pid)
-    return sorted(added)
 
 
 # Why a training reply was rejected: each is logged per round as
@@ -141,6 +60,8 @@ class CheckedReply:
     extra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     # ||arrays - global||_2 over the float arrays, as the screening measured it
     norm: float = float("nan")
+    # the reply it was decoded from (its content is replaced for the strategy)
+    reply: Message | None = field(default=None, repr=False, compare=False)
 
 
 def _metrics(reply: Message) -> dict[str, Any]:
@@ -304,7 +225,7 @@ def screen_train_reply(reply: Message, reference: dict[str, np.ndarray], codec: 
         raise RejectedReply(f"missing metric(s) {', '.join(map(repr, missing))}", "metrics")
     extra = check_extra_records(reply, reference, extra_records, codec)
     norm = check_update_norm(arrays, reference, max_norm)
-    return CheckedReply(partition_id, arrays, metrics, extra, norm)
+    return CheckedReply(partition_id, arrays, metrics, extra, norm, reply)
 
 
 def check_eval_reply(reply: Message) -> dict[str, Any]:

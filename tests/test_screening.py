@@ -7,10 +7,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from fedpers.codecs import CODECS
-from fedpers.rounds import (
+from fedpers.roster import SelectedGrid
+from fedpers.screening import (
     CheckedReply,
     RejectedReply,
-    SelectedGrid,
     check_train_reply,
     consistent_key_sets,
     weighted_mean,

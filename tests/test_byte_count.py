@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-import fedpers.comm as comm
-from fedpers.comm import ByteCounter, ReplySizes, content_bytes
+import fedpers.byte_count as comm
+from fedpers.byte_count import ByteCounter, ReplySizes, content_bytes
 from fedpers.models import MLP
 
 

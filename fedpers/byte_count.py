@@ -10,7 +10,7 @@ method and carries no model information.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from flwr.app import Message, RecordDict
@@ -40,7 +40,7 @@ class ReplySizes:
     Sizing a reply deflates and hashes its whole payload, and a training reply is sized
     by the byte counter, the compression ratio and the simulated clock: on the server's
     one thread, while the clients wait for the next round. Use one instance per call of
-    received replies, which nobody changes (``fedpers.rounds.clean_reply`` gives a reply
+    received replies, which nobody changes (``fedpers.screening.clean_reply`` gives a reply
     a new content); the instance keeps each sized content alive, so its ``id`` cannot be
     reused while it is cached.
     """
@@ -85,6 +85,14 @@ class ByteCounter:
     def add_up(self, n: int) -> None:
         self.up += n
         self.up_total += n
+
+    def state_dict(self) -> dict[str, int]:
+        """The run's totals (the round's counts start again every round)."""
+        return {"up_total": self.up_total, "down_total": self.down_total}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.up_total = int(state["up_total"])
+        self.down_total = int(state["down_total"])
 
     def metrics(self) -> dict[str, float]:
         return {
