@@ -1,4 +1,4 @@
-"""Device heterogeneity on a simulated clock (issue 7). No Flower import.
+"""Device heterogeneity on a simulated clock. No Flower import.
 
 Each client has a :class:`DeviceProfile`: how fast it trains (samples per second),
 its uplink and downlink bandwidth (bytes per second), its chance of being online in

@@ -1,4 +1,4 @@
-"""Checkpoint and resume (issue 8): fedpers.checkpoint, fedpers.client_state, ``--resume``.
+"""Checkpoint and resume: fedpers.checkpoint, fedpers.client_state, ``--resume``.
 
 The end-to-end test kills a real ``fedpers run`` (its whole process group: the
 driver and its Ray workers, as a machine crash would) with SIGKILL after round 4
