@@ -1,4 +1,5 @@
-"""The one ClientApp: composes a local update rule, a personaliser and a codec.
+"""The one ClientApp: composes a local update rule, a personaliser and the upload
+steps (attack, DP clipping, codec: ``fedpers.client_pipeline``).
 
 Message contract (what the ServerApp sends and expects back):
 
@@ -34,6 +35,7 @@ node that client for the call, so the handlers above never see it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -44,15 +46,20 @@ from flwr.clientapp import ClientApp
 
 from clients import LOCAL_UPDATES, PERSONALIZERS, LocalContext
 from fedpers import client_detector, client_state
-from fedpers import metrics as fm
-from fedpers.arrays import record_to_numpy
-from fedpers.attacks import attackers, poison_labels, poison_update
-from fedpers.compression import encode_extra_record, encode_reply_arrays, received_arrays
+from fedpers import metrics as task_metrics
+from fedpers.arrays import record_to_numpy, to_array_record
+from fedpers.attacks import attackers, poison_labels
+from fedpers.client_pipeline import (
+    RoundInputs,
+    Upload,
+    build_client_pipeline,
+    decode_broadcast,
+    run_pipeline,
+)
 from fedpers.config import RunConfig, parse_run_config
 from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.devices import reported_profile
 from fedpers.heap import freeze_once
-from fedpers.privacy import clip_update
 from fedpers.seeds import Stream, derive_seed
 from fedpers.training import (
     anomaly_scores,
@@ -64,7 +71,6 @@ from fedpers.virtual import virtual_client_mod
 from strategies import STRATEGIES
 
 logger = logging.getLogger(__name__)
-
 
 
 @lru_cache(maxsize=8)
@@ -94,7 +100,16 @@ def partition_id(context: Context, cfg: RunConfig) -> int:
     return pid
 
 
-def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Module]:
+@dataclass
+class Call:
+    """One train or evaluate call: its context, model and decoded broadcast."""
+
+    local: LocalContext
+    model: torch.nn.Module
+    received: dict[str, np.ndarray]  # the broadcast model, decoded once per call
+
+
+def _setup(msg: Message, context: Context) -> Call:
     cfg = client_config(context)
     pid = partition_id(context, cfg)
     task = TASKS[cfg.task]
@@ -102,37 +117,29 @@ def _setup(msg: Message, context: Context) -> tuple[LocalContext, torch.nn.Modul
     freeze_once()  # the data and imports stay: full collections skip them (fedpers.heap)
     server_cfg = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
     rnd = int(server_cfg.get("server-round", 0))
-    lc = LocalContext(cfg=cfg, data=fed.clients[pid], kind=fed.kind, server_round=rnd,
-                      partition_id=pid, seed=derive_seed(cfg.seed, Stream.CLIENT_TRAIN, rnd, pid),
-                      device=resolve_device(cfg.device), state=context.state,
-                      server_config=server_cfg,
-                      server_arrays={name: record_to_numpy(rec)
-                                     for name, rec in msg.content.array_records.items()
-                                     if name != "arrays"})
-    seed_torch(lc.seed)
+    local = LocalContext(cfg=cfg, data=fed.clients[pid], kind=fed.kind, server_round=rnd,
+                         partition_id=pid,
+                         seed=derive_seed(cfg.seed, Stream.CLIENT_TRAIN, rnd, pid),
+                         device=resolve_device(cfg.device), state=context.state,
+                         server_config=server_cfg,
+                         server_arrays={name: record_to_numpy(rec)
+                                        for name, rec in msg.content.array_records.items()
+                                        if name != "arrays"})
+    seed_torch(local.seed)
     model = task.build_model(fed.input_shape, fed.num_classes)
-    incoming = _incoming(msg, cfg, model)
-    missing = set(incoming) - set(model.state_dict())
+    received = decode_broadcast(cfg, msg.content["arrays"], _shared_arrays(model, set()))
+    missing = set(received) - set(model.state_dict())
     if missing:
         raise ValueError(f"server sent parameters this model does not have: {sorted(missing)}")
-    model.load_state_dict(incoming, strict=False)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in received.items()}, strict=False)
     personalizer = PERSONALIZERS[cfg.personalization]
     # Local update rules act on the shared part: private names leave the server's extra
     # records (e.g. SCAFFOLD's control variate) here and get no proximal term.
-    lc.private_keys = frozenset(personalizer.private_keys(model))
-    lc.server_arrays = {name: {k: v for k, v in rec.items() if k not in lc.private_keys}
-                        for name, rec in lc.server_arrays.items()}
-    personalizer.prepare(model, lc)
-    return lc, model
-
-
-def _incoming(msg: Message, cfg: RunConfig, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The broadcast model, decoded when the server compresses it (``codec-down``)."""
-    if cfg.codec_down == "none":
-        # what ArrayRecord.to_torch_state_dict gives, each header parsed once (fedpers.arrays)
-        return {k: torch.from_numpy(v) for k, v in record_to_numpy(msg.content["arrays"]).items()}
-    decoded = received_arrays(cfg, msg.content["arrays"], _shared_arrays(model, set()))
-    return {k: torch.from_numpy(v) for k, v in decoded.items()}
+    local.private_keys = frozenset(personalizer.private_keys(model))
+    local.server_arrays = {name: {k: v for k, v in rec.items() if k not in local.private_keys}
+                           for name, rec in local.server_arrays.items()}
+    personalizer.prepare(model, local)
+    return Call(local, model, received)
 
 
 def _shared_arrays(model: torch.nn.Module, private: set[str]) -> dict[str, np.ndarray]:
@@ -141,68 +148,58 @@ def _shared_arrays(model: torch.nn.Module, private: set[str]) -> dict[str, np.nd
 
 
 def train(msg: Message, context: Context) -> Message:
-    lc, model = _setup(msg, context)
-    cfg = lc.cfg
+    call = _setup(msg, context)
+    local, model, cfg = call.local, call.model, call.local.cfg
     personalizer = PERSONALIZERS[cfg.personalization]
     update = LOCAL_UPDATES[STRATEGIES[cfg.strategy].local_update]
-    # issue 8: a simulated Byzantine client (fedpers.attacks) may train on flipped labels
-    byzantine = lc.partition_id in attackers(cfg)
-    if byzantine:
-        lc.data = poison_labels(cfg, lc.partition_id, lc.data,
-                                load_federated(DataSpec.from_config(cfg)).num_classes)
-    result = personalizer.train(model, update, lc)
-    shared = _shared_arrays(model, set(lc.private_keys))
-    if byzantine:  # ... and/or upload a poisoned update, before the codec encodes it
-        shared = poison_update(cfg, lc.partition_id, lc.server_round, shared,
-                               received_arrays(cfg, msg.content["arrays"],
-                                               _shared_arrays(model, set())))
-    if cfg.dp != "none":  # issue 8: DP-FedAvg clips the update before the codec sees it
-        reference = received_arrays(cfg, msg.content["arrays"], _shared_arrays(model, set()))
-        shared, _ = clip_update(shared, reference, cfg.dp_clip_norm)
-    rng = np.random.default_rng(derive_seed(cfg.seed, Stream.UPLOAD_CODEC, lc.server_round,
-                                            lc.partition_id))
-    # lossy codecs send the update against what was received (issue 6, fedpers.compression)
-    arrays, codec_metrics = encode_reply_arrays(cfg, shared, msg.content["arrays"],
-                                                _shared_arrays(model, set()), rng,
-                                                context.state)
+    if local.partition_id in attackers(cfg):  # a label-flipping attacker trains on bad labels
+        local.data = poison_labels(cfg, local.partition_id, local.data,
+                                   load_federated(DataSpec.from_config(cfg)).num_classes)
+    result = personalizer.train(model, update, local)
+    shared = _shared_arrays(model, set(local.private_keys))
+    # A strategy's extra reply records (e.g. SCAFFOLD's "control") go with shared names only.
+    extra = {name: {k: v for k, v in rec.items() if k in shared}
+             for name, rec in local.reply_arrays.items()}
+    inputs = RoundInputs(local.server_round, local.partition_id, call.received, context.state)
+    upload = run_pipeline(build_client_pipeline(cfg, local.partition_id),
+                          Upload(shared, extra), inputs)
     metrics = MetricRecord({"num-examples": result.num_examples, "train-loss": result.loss,
-                            "steps": result.steps, "partition-id": lc.partition_id,
-                            **codec_metrics})
-    # A strategy's extra reply records (e.g. SCAFFOLD's "control"), shared names only,
-    # through the same codec (fedpers.compression.encode_extra_record).
-    extra = {name: encode_extra_record(cfg, name, {k: v for k, v in rec.items() if k in shared},
-                                       rng, context.state)
-             for name, rec in lc.reply_arrays.items()}
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, **extra}), reply_to=msg)
+                            "steps": result.steps, "partition-id": local.partition_id,
+                            **upload.metrics})
+    records = {name: to_array_record(arrays) for name, arrays in upload.extra.items()}
+    return Message(RecordDict({"arrays": to_array_record(upload.shared), "metrics": metrics,
+                               **records}), reply_to=msg)
 
 
 def evaluate_local(msg: Message, context: Context) -> Message:
-    lc, model = _setup(msg, context)
-    model = PERSONALIZERS[lc.cfg.personalization].eval_model(model, lc)
-    data = lc.data
+    call = _setup(msg, context)
+    local = call.local
+    model = PERSONALIZERS[local.cfg.personalization].eval_model(call.model, local)
+    data = local.data
     out: dict[str, Any] = {"num-examples": int(len(data.x_test)),
-                           "partition-id": lc.partition_id}
+                           "partition-id": local.partition_id}
     threshold = None
-    if lc.kind == "anomaly":
+    if local.kind == "anomaly":
         if data.x_val is None or len(data.x_val) == 0:
             raise ValueError("anomaly task without normal validation data on this client")
-        threshold = fm.calibrate_threshold(anomaly_scores(model, data.x_val, lc.device),
-                                           lc.cfg.threshold_percentile)
+        val_scores = anomaly_scores(model, data.x_val, local.device)
+        threshold = task_metrics.calibrate_threshold(val_scores,
+                                                     local.cfg.threshold_percentile)
         out.update({"threshold": threshold, "num-val": int(len(data.x_val))})
-        global_threshold = lc.server_config.get(fm.GLOBAL_THRESHOLD)
+        global_threshold = local.server_config.get(task_metrics.GLOBAL_THRESHOLD)
         if global_threshold is not None and len(data.x_test):
             # the same model's F1 with the server's one threshold, for comparison
-            scores = anomaly_scores(model, data.x_test, lc.device)
-            out[fm.F1_GLOBAL_THRESHOLD] = fm.threshold_metrics(
+            scores = anomaly_scores(model, data.x_test, local.device)
+            out[task_metrics.F1_GLOBAL_THRESHOLD] = task_metrics.threshold_metrics(
                 data.y_test, scores, float(global_threshold))["f1"]
-    out.update(evaluate(model, data.x_test, data.y_test, kind=lc.kind, device=lc.device,
+    out.update(evaluate(model, data.x_test, data.y_test, kind=local.kind, device=local.device,
                         threshold=threshold))
     if threshold is not None:
-        keep_detector(context, lc, model, threshold)
+        keep_detector(context, local, model, threshold)
     return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)
 
 
-def keep_detector(context: Context, lc: LocalContext, model: torch.nn.Module,
+def keep_detector(context: Context, local: LocalContext, model: torch.nn.Module,
                   threshold: float) -> None:
     """With ``client-model-dir`` (run or node config), write the detector this client
     just evaluated with, and its own threshold, to its disk (``fedpers.client_detector``).
@@ -210,27 +207,27 @@ def keep_detector(context: Context, lc: LocalContext, model: torch.nn.Module,
     A failed write is logged and the evaluation's metrics still go back: the run's
     results do not depend on it.
     """
-    cfg = lc.cfg
+    cfg = local.cfg
     root = client_detector.detector_root(context.node_config, cfg.client_model_dir)
     if root is None:
         return
     fed = load_federated(DataSpec.from_config(cfg))
-    meta = {"task": cfg.task, "kind": lc.kind, "input_shape": list(fed.input_shape),
+    meta = {"task": cfg.task, "kind": local.kind, "input_shape": list(fed.input_shape),
             "num_classes": fed.num_classes, "threshold": float(threshold),
             "threshold_percentile": cfg.threshold_percentile,
-            "num_val": int(len(lc.data.x_val)), "personalization": cfg.personalization,
-            "partition_id": lc.partition_id, "server_round": lc.server_round,
+            "num_val": int(len(local.data.x_val)), "personalization": cfg.personalization,
+            "partition_id": local.partition_id, "server_round": local.server_round,
             "mlflow_run_id": cfg.mlflow_run_id}
     try:
         key = client_detector.run_key(cfg.mlflow_run_id, context.run_id)
-        folder = client_detector.client_folder(root, key, lc.partition_id)
+        folder = client_detector.client_folder(root, key, local.partition_id)
         client_detector.save_detector(folder, model.state_dict(), {**meta, "run_key": key})
     except (OSError, client_detector.ClientDetectorError) as exc:
         logger.warning("client %d: its detector was not saved under %s (%s: %s)",
-                       lc.partition_id, root, type(exc).__name__, exc)
+                       local.partition_id, root, type(exc).__name__, exc)
         return
-    logger.debug("client %d: detector of round %d saved in %s", lc.partition_id,
-                 lc.server_round, folder)
+    logger.debug("client %d: detector of round %d saved in %s", local.partition_id,
+                 local.server_round, folder)
 
 
 def query(msg: Message, context: Context) -> Message:
