@@ -14,13 +14,9 @@ import sys
 from pathlib import Path
 
 from fedpers import console
-from fedpers.config import (
-    ConfigError,
-    describe_keys,
-    load_config_file,
-    parse_run_config,
-    parse_set_args,
-)
+from fedpers.config import ConfigError, parse_run_config
+from fedpers.config_files import load_config_file, parse_set_args
+from fedpers.keydoc import describe_keys
 
 logger = logging.getLogger(__name__)
 

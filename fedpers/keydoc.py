@@ -11,9 +11,136 @@ import difflib
 import shlex
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from fedpers.config import KEY_GROUPS, ConfigError, KeyInfo, key_group, toml_literal
+from fedpers.config import FIELDS
+from fedpers.config_files import toml_literal
+from fedpers.config_values import RULES, TYPE_NAMES, OneOf
 from fedpers.data.defaults import tasks_with_default
+from fedpers.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class KeyGroup:
+    """The run-config keys of one component, in the order ``fedpers keys`` lists them.
+
+    Attributes
+    ----------
+    title : str
+        Heading, e.g. ``"Strategy"``.
+    see : str
+        The page of ``docs/`` that explains the component ('' for none).
+    keys : tuple of str
+        Its keys; every key is in exactly one group.
+    """
+
+    title: str
+    see: str
+    keys: tuple[str, ...]
+
+
+KEY_GROUPS: tuple[KeyGroup, ...] = (
+    KeyGroup("Task and data", "tasks.md",
+             ("task", "data-dir", "num-clients", "partition", "alpha", "classes-per-client",
+              "local-test-fraction", "max-samples-per-client", "feature-shift", "seed")),
+    KeyGroup("Rounds and training", "running.md",
+             ("num-server-rounds", "fraction-train", "fraction-evaluate", "min-train-clients",
+              "local-epochs", "batch-size", "lr", "momentum", "eval-every", "round-timeout",
+              "device", "straggler-fraction", "straggler-work")),
+    KeyGroup("Strategy", "methods.md#strategies",
+             ("strategy", "proximal-mu", "server-lr", "server-momentum")),
+    KeyGroup("Personalisation", "methods.md#personalisation",
+             ("personalization", "finetune-epochs", "finetune-lr", "fedrep-head-epochs",
+              "ditto-lambda", "apfl-alpha")),
+    KeyGroup("Compression", "compression.md",
+             ("codec", "codec-down", "error-feedback", "quant-block-size", "qsgd-levels",
+              "sparse-fraction", "sparse-values")),
+    KeyGroup("Selection and devices", "devices-and-selection.md",
+             ("selection", "pow-d", "device-profile", "device-trace", "round-deadline",
+              "device-availability", "device-dropout")),
+    KeyGroup("Robustness and attacks", "privacy-and-robustness.md",
+             ("max-update-norm", "clip-update-norm", "aggregation", "trim-fraction", "krum-f",
+              "multi-krum-m", "attack", "attack-fraction", "attack-scale")),
+    KeyGroup("Differential privacy", "privacy-and-robustness.md#differential-privacy",
+             ("dp", "dp-clip-norm", "dp-noise-multiplier", "dp-delta")),
+    KeyGroup("Anomaly detection", "anomaly-detection.md",
+             ("anomaly-classes", "threshold-percentile", "client-model-dir")),
+    KeyGroup("Checkpointing", "checkpointing.md", ("checkpoint-every", "client-state-dir")),
+    KeyGroup("Simulation (virtual nodes)", "running.md#many-clients-in-simulation",
+             ("virtual-nodes", "clients-per-call")),
+    KeyGroup("Tracking", "tracking.md", ("tracking-uri", "experiment", "mlflow-run-id")),
+)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What ``fedpers keys`` and ``docs/configuration.md`` say about one run-config key.
+
+    Attributes
+    ----------
+    key : str
+        The kebab-case key.
+    default : Any
+        Its default (the same as in ``pyproject.toml``).
+    type : str
+        ``"string"``, ``"integer"``, ``"float"`` or ``"boolean"``.
+    doc : str
+        Its meaning.
+    group : str
+        The title of its :class:`KeyGroup` ('' if it has none: a test fails).
+    rule : str
+        The valid values of a number or path ('' when any value of the type goes).
+    choices : tuple of str
+        The valid names of a name key (a registry's, or a fixed list); empty otherwise.
+    """
+
+    key: str
+    default: Any
+    type: str
+    doc: str
+    group: str
+    rule: str = ""
+    choices: tuple[str, ...] = ()
+
+    @property
+    def toml_default(self) -> str:
+        """The default as a TOML literal (see :func:`toml_literal`)."""
+        return toml_literal(self.default)
+
+
+def key_group(key: str) -> KeyGroup | None:
+    """The :class:`KeyGroup` that lists ``key`` (None if none does)."""
+    return next((g for g in KEY_GROUPS if key in g.keys), None)
+
+
+def describe_keys(with_names: bool = True) -> list[KeyInfo]:
+    """Every run-config key with its meaning, type, default, group and valid values,
+    in declaration order.
+
+    Parameters
+    ----------
+    with_names : bool
+        List the valid names of the component keys (``strategy``, ``codec``, ...) from
+        their registries; this imports torch and Flower. Keys with a fixed list of
+        choices (``partition``, ``device``, ...) always have them.
+    """
+    if with_names:
+        from fedpers.components import registries  # torch and Flower: only when asked
+
+        names = {k: r.names() for k, r in registries().items()}
+    else:
+        names = {}
+    out = []
+    for key, f in FIELDS.items():
+        check = f.metadata["check"]
+        group = key_group(key)
+        choices = check.choices if isinstance(check, OneOf) else names.get(key, ())
+        out.append(KeyInfo(key=key, default=f.default, type=TYPE_NAMES[type(f.default)],
+                           doc=f.metadata["doc"], group=group.title if group else "",
+                           rule=RULES.get(check, ""), choices=choices))
+    return out
+
 
 WIDTH = 88
 INDENT = "      "

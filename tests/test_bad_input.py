@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from fedpers.cli import main
-from fedpers.config import ConfigError, RunConfig, load_config_file, parse_run_config
+from fedpers.config import ConfigError, RunConfig, parse_run_config
+from fedpers.config_files import load_config_file
 from fedpers.data import TASKS, DataError, DataSpec, load_federated
 from fedpers.data.npz import MAX_CLASSES, read_client
 from fedpers.detect_files import DetectError, read_input, read_meta, read_weights

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedpers.config import (
-    ConfigError,
-    RunConfig,
-    config_keys,
-    load_config_file,
-    parse_run_config,
-    parse_set_args,
-)
+from fedpers.config import ConfigError, RunConfig, config_keys, parse_run_config
+from fedpers.config_files import load_config_file, parse_set_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 
 from fedpers.cli import main
-from fedpers.config import (
-    _FIELDS,
-    KEY_GROUPS,
-    PARTITIONS,
-    _OneOf,
-    config_keys,
-    describe_keys,
-    toml_literal,
-)
-from fedpers.keydoc import MARKDOWN_BEGIN, MARKDOWN_END, keys_markdown
+from fedpers.config import FIELDS, PARTITIONS, config_keys
+from fedpers.config_files import toml_literal
+from fedpers.config_values import OneOf
+from fedpers.keydoc import KEY_GROUPS, MARKDOWN_BEGIN, MARKDOWN_END, describe_keys, keys_markdown
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -30,23 +24,23 @@ def infos():
 
 
 def test_every_key_has_a_meaning():
-    empty = [key for key, f in _FIELDS.items() if not f.metadata["doc"].strip()]
+    empty = [key for key, f in FIELDS.items() if not f.metadata["doc"].strip()]
     assert not empty, f"run-config keys without a doc in fedpers/config.py: {empty}"
 
 
 def test_every_key_is_in_exactly_one_group():
     listed = [key for group in KEY_GROUPS for key in group.keys]
     assert sorted(set(listed)) == sorted(listed), "a key is listed in two groups"
-    assert not set(listed) - set(_FIELDS), "KEY_GROUPS names a key RunConfig lacks"
-    missing = sorted(set(_FIELDS) - set(listed))
+    assert not set(listed) - set(FIELDS), "KEY_GROUPS names a key RunConfig lacks"
+    missing = sorted(set(FIELDS) - set(listed))
     assert not missing, f"run-config keys in no KEY_GROUPS group: {missing}"
     assert all(group.keys and group.title for group in KEY_GROUPS)
 
 
 def test_every_checked_number_states_its_valid_values(infos):
     # a check with no rule text would leave `fedpers keys` silent about a limit
-    no_rule = [i.key for i in infos if _FIELDS[i.key].metadata["check"] is not None
-               and not isinstance(_FIELDS[i.key].metadata["check"], _OneOf) and not i.rule]
+    no_rule = [i.key for i in infos if FIELDS[i.key].metadata["check"] is not None
+               and not isinstance(FIELDS[i.key].metadata["check"], OneOf) and not i.rule]
     assert not no_rule
 
 
@@ -107,8 +101,8 @@ def test_name_keys_list_their_registry():
 
 def test_fixed_choices_are_what_the_check_accepts(infos):
     for info in infos:
-        check = _FIELDS[info.key].metadata["check"]
-        if isinstance(check, _OneOf):
+        check = FIELDS[info.key].metadata["check"]
+        if isinstance(check, OneOf):
             assert all(check(c) is None for c in info.choices)
             assert check("no-such-name") is not None
 

@@ -1,6 +1,6 @@
 """Contract of the one registry idiom, run over every component registry.
 
-Each registry (``fedpers.config.registries()``) maps the names of one run-config key to
+Each registry (``fedpers.components.registries()``) maps the names of one run-config key to
 its entries; an unknown name is a ConfigError naming the key and listing every valid
 name, in the same words for each registry; every name builds from the default config
 (plus the keys that name needs); ``fedpers keys`` lists the names. Families with their
@@ -22,15 +22,10 @@ from fedpers.aggregation import AGGREGATORS, AggregationParams, build_aggregator
 from fedpers.attacks import ATTACKS, AttackParams, build_attack
 from fedpers.cli import main
 from fedpers.codecs import CODECS, CodecParams, build_codec
-from fedpers.config import (
-    KEY_GROUPS,
-    ConfigError,
-    RunConfig,
-    describe_keys,
-    parse_run_config,
-    registries,
-)
+from fedpers.components import registries
+from fedpers.config import ConfigError, RunConfig, parse_run_config
 from fedpers.errors import ConfigError as LeafConfigError
+from fedpers.keydoc import KEY_GROUPS, describe_keys
 from fedpers.privacy import DP_MODES, DpFedAvg, DpParams
 from fedpers.registry import Params, Registry
 from fedpers.selection import SELECTORS, SelectionParams, build_selector

@@ -11,10 +11,11 @@ from conftest import metric_history
 from mlflow.tracking import MlflowClient
 
 from fedpers import cli
-from fedpers.config import config_keys, describe_keys, parse_run_config, toml_literal
+from fedpers.config import config_keys, parse_run_config
+from fedpers.config_files import toml_literal
 from fedpers.data import TASKS
 from fedpers.data.defaults import TASK_DEFAULTS, task_defaults, tasks_with_default
-from fedpers.keydoc import keys_markdown
+from fedpers.keydoc import describe_keys, keys_markdown
 
 GLOBAL = config_keys()
 

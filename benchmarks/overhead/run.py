@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from fedpers.config import RunConfig, parse_run_config, parse_set_args  # noqa: E402
+from fedpers.config import RunConfig, parse_run_config  # noqa: E402
+from fedpers.config_files import parse_set_args  # noqa: E402
 
 FLOORS = ("threads", "procs")
 PROBE_ENV = "FEDPERS_OVERHEAD_PROBE"

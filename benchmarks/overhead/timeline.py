@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     import fedpers.server_app as server_app
     import fedpers.virtual as virtual
     from fedpers.client_app import build_client_app
-    from fedpers.config import parse_run_config, parse_set_args
+    from fedpers.config import parse_run_config
+    from fedpers.config_files import parse_set_args
     from fedpers.simulation import run_simulation
 
     with tempfile.TemporaryDirectory(prefix="fedpers-timeline-") as tmp:

@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from fedpers.config import clients_per_round, parse_run_config, parse_set_args  # noqa: E402
+from fedpers.config import clients_per_round, parse_run_config  # noqa: E402
+from fedpers.config_files import parse_set_args  # noqa: E402
 
 STATEFUL = {"strategy": "scaffold", "personalization": "fedrep", "codec": "topk",
             "error-feedback": True}

@@ -1,7 +1,7 @@
 """The golden runs: short, seeded runs whose final metrics are kept in ``golden.json``.
 
 Together they use every registered name of every registry of
-``fedpers.config._registries()`` (task, strategy, personalization, codec, selection,
+``fedpers.components.registries()`` (task, strategy, personalization, codec, selection,
 aggregation, attack, dp), both simulated device clocks (``lognormal`` and ``trace``),
 the broadcast codecs, every partition, stragglers, update clipping, ``virtual-nodes``
 with ``clients-per-call``, and checkpoint/resume. ``test_golden.py`` replays them and
@@ -120,7 +120,7 @@ NONDETERMINISTIC: frozenset[str] = frozenset()
 
 def registry_names() -> dict[str, set[str]]:
     """{run-config key: every name its registry holds} for every registry."""
-    from fedpers.config import _registries
+    from fedpers.components import registries as _registries
 
     return {key: set(reg) for key, reg in _registries().items()}
 
