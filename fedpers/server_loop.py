@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 
 from clients import PERSONALIZERS
 from fedpers import client_state
+from fedpers import server_checkpoint as checkpointing
 from fedpers.arrays import to_array_record
 from fedpers.byte_count import ByteCounter, ReplySizes, content_bytes, messages_bytes
 from fedpers.checkpoint import Checkpoint, CheckpointStore
@@ -45,9 +46,8 @@ from fedpers.roster import Roster, SelectedGrid, refresh_roster, wait_for_nodes
 from fedpers.screening import REJECT_REASONS
 from fedpers.seeds import Stream, derive_seed
 from fedpers.selection import build_selector
-from fedpers.server_checkpoint import Checkpointing
-from fedpers.server_eval import Evaluation
-from fedpers.server_outputs import Outputs
+from fedpers.server_eval import evaluate_global, evaluate_round
+from fedpers.server_outputs import log_artifacts, log_progress
 from fedpers.server_pipeline import RoundState, build_server_pipeline, run_pipeline
 from fedpers.state import require_state_protocol
 from fedpers.tracking import Tracker
@@ -109,7 +109,7 @@ class RoundLog:
     all_failed: bool = False
 
 
-class Experiment(Checkpointing, Evaluation, Outputs):
+class Experiment:
     """State of one federated run on the server."""
 
     def __init__(self, cfg: RunConfig, grid: Grid, tracker: Tracker,
@@ -174,7 +174,7 @@ class Experiment(Checkpointing, Evaluation, Outputs):
                 **{f"step/{type(s).__name__}": s for s in self.pipeline}}
 
     # ------------------------------------------------------------ one round
-    def _send(self, messages: list[Message], count_up: bool = True,
+    def send(self, messages: list[Message], count_up: bool = True,
               sizes: ReplySizes | None = None) -> list[Message]:
         self.bytes.add_down(messages_bytes(messages))
         replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
@@ -182,8 +182,24 @@ class Experiment(Checkpointing, Evaluation, Outputs):
             self.bytes.add_up((sizes or ReplySizes()).total(replies))
         return replies
 
-    def _partition(self, reply: Message) -> int:
+    def partition(self, reply: Message) -> int:
         return self.roster.partition_of.get(reply.metadata.src_node_id, -1)
+
+    def evaluate_round(self, rnd: int, out: RoundLog) -> None:
+        evaluate_round(self, rnd, out)
+
+    def evaluate_global(self, out: RoundLog) -> None:
+        evaluate_global(self, out)
+
+    def checkpoint_components(self) -> dict[str, object]:
+        """:meth:`components` plus the loop's own state (``fedpers.server_checkpoint``)."""
+        return checkpointing.checkpoint_components(self)
+
+    def _snapshot(self, rnd: int, clients: dict[str, dict[str, Any]]) -> Checkpoint:
+        return checkpointing.snapshot(self, rnd, clients)
+
+    def _check_replay(self, rnd: int, metrics: dict[str, float]) -> None:
+        checkpointing.check_replay(self, rnd, metrics)
 
     def train_round(self, rnd: int, out: RoundLog) -> None:
         """Select, send, then the training pipeline (``fedpers.server_pipeline``)."""
@@ -205,12 +221,12 @@ class Experiment(Checkpointing, Evaluation, Outputs):
         to_send, gone = part.start(rnd, messages)
         self.bytes.add_down(messages_bytes(gone))
         sizes = ReplySizes()  # each reply is sized once (bytes, clock, compression ratio)
-        replies = (self._send(to_send, count_up=part.clock is None, sizes=sizes)
+        replies = (self.send(to_send, count_up=part.clock is None, sizes=sizes)
                    if to_send else [])
         late = part.finish(rnd, replies, sizes)  # past the round deadline: dropped
         if part.clock is not None:  # a late upload is abandoned at the deadline
             self.bytes.add_up(sizes.total([r for r in replies
-                                           if self._partition(r) not in late]))
+                                           if self.partition(r) not in late]))
         state = RoundState(rnd=rnd, reference=self.global_arrays, replies=replies,
                            selected=len(messages), sent=len(to_send), late=late, sizes=sizes,
                            releases_before=self.aggregated)
@@ -253,16 +269,17 @@ class Experiment(Checkpointing, Evaluation, Outputs):
         logger.info("task %s: %d clients, %d model parameters, strategy %s, selection %s, "
                     "codec %s, personalization %s", cfg.task, len(self.roster.partition_of),
                     n_params, cfg.strategy, cfg.selection, cfg.codec, cfg.personalization)
-        self._restore()
+        checkpointing.restore_checkpoint(self)
         # rounds replayed after a crash whose metrics were already logged: not again
-        logged = self._relog_missing() if self.resume is not None else set()
+        logged = checkpointing.relog_missing(self) if self.resume is not None else set()
         self.done_round = self.start_round
         for rnd in range(self.start_round + 1, cfg.num_server_rounds + 1):
             check(f"before round {rnd}")
             self._round(rnd, logged)
-        self._log_artifacts()
+        log_artifacts(self)
         if cfg.checkpoint_every or self.resume is not None:
-            self._client_states(client_state.DROP, self.roster.partitions(), lambda p: {})
+            checkpointing.client_states(self, client_state.DROP, self.roster.partitions(),
+                                        lambda p: {})
         if self.aggregated == 0:
             raise RuntimeError(f"no round aggregated any client update ({cfg.num_server_rounds} "
                                f"rounds); every round's metrics are logged, the run is FAILED")
@@ -298,7 +315,7 @@ class Experiment(Checkpointing, Evaluation, Outputs):
             self._check_replay(rnd, out.metrics)
         self.unsaved_metrics[rnd] = dict(out.metrics)
         self.done_round = rnd
-        self._progress(rnd, out.metrics, time.perf_counter() - t0)
+        log_progress(self, rnd, out.metrics, time.perf_counter() - t0)
         self.aggregated += int(out.aggregated)
         self.failed_rounds = self.failed_rounds + 1 if out.all_failed else 0
         if self.failed_rounds >= MAX_FAILED_ROUNDS:
@@ -312,7 +329,7 @@ class Experiment(Checkpointing, Evaluation, Outputs):
         if cfg.checkpoint_every and rnd % cfg.checkpoint_every == 0 \
                 and rnd < cfg.num_server_rounds:
             check(f"before the checkpoint of round {rnd}")
-            self._checkpoint(rnd)
+            checkpointing.save_checkpoint(self, rnd)
 
     def _virtual_roster(self) -> list[int]:
         """``virtual-nodes``: every client is in the roster from the start, with the

@@ -3,7 +3,7 @@ each with its reason, and never change the aggregate; valid replies are accepted
 
 Each generated reply goes through :func:`fedpers.screening.screen_train_reply` (every
 check the round loop runs), then ``consistent_key_sets``, the robust layer and
-Flower's FedAvg, as in ``Experiment.train_round``.
+Flower's FedAvg, as in the round's pipeline (``fedpers.server_pipeline``).
 """
 
 from __future__ import annotations
