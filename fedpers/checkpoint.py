@@ -109,7 +109,8 @@ def encode(ckpt: Checkpoint) -> bytes:
     text = json.dumps(meta, default=_json_scalar)
     entries["meta"] = np.frombuffer(text.encode(), dtype=np.uint8)
     buf = io.BytesIO()
-    np.savez(buf, **entries)
+    # numpy's stub types **kwds like its allow_pickle flag; the entries are arrays
+    np.savez(buf, **entries)  # type: ignore[arg-type]
     payload = buf.getvalue()
     return MAGIC + hashlib.sha256(payload).digest() + payload
 

@@ -27,7 +27,7 @@ class _StdoutHandler(logging.StreamHandler):
     the stream of the first call: ``main`` may run more than once in one process)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stdout
 
     @stream.setter

@@ -5,8 +5,8 @@ Simulation Engine in the main thread. Python runs signal handlers in the main
 thread only, so :class:`SignalGuard` (installed by ``fedpers.simulation``) turns the
 first SIGINT or SIGTERM into a *stop request*; the ServerApp's round loop asks
 :func:`check` before it logs or checkpoints a round and before it starts the next,
-and :class:`StoppableGrid` stops waiting for replies, so the round in progress is
-dropped (neither logged nor checkpointed). The run then ends with MLflow status
+and :class:`fedpers.server_grid.StoppableGrid` stops waiting for replies, so the round
+in progress is dropped (neither logged nor checkpointed). The run then ends with MLflow status
 ``KILLED`` and can be resumed from its last checkpoint (``fedpers run --resume``).
 
 A second signal exits at once (``os._exit``): the run stays ``RUNNING`` in MLflow
@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -99,6 +98,11 @@ def take_interrupted() -> RunInterrupted | None:
     return exc
 
 
+def wait_for_stop(timeout: float) -> bool:
+    """Wait up to ``timeout`` s for a stop request; whether one came."""
+    return _stop.wait(timeout)
+
+
 def check(where: str = "") -> None:
     """Raise :class:`RunInterrupted` if a stop was requested."""
     if _stop.is_set():
@@ -149,41 +153,3 @@ class SignalGuard:
         request_stop(signum)
         logger.warning("%s: stopping the run (the round in progress is dropped); "
                        "send it again to exit at once", name)
-
-
-class StoppableGrid:
-    """A Grid whose ``send_and_receive`` stops waiting once a stop is requested.
-
-    It pushes the messages and pulls the replies the way Flower's in-memory grid does
-    (every ``pull_interval`` s of the wrapped grid, until every reply is in or
-    ``timeout`` s pass), checking for a stop request between pulls: it raises
-    :class:`RunInterrupted` within one pull interval. Everything else is the wrapped
-    grid's.
-    """
-
-    def __init__(self, grid: Any) -> None:
-        self._grid = grid
-
-    @property
-    def inner(self) -> Any:
-        return self._grid
-
-    def send_and_receive(self, messages: Iterable[Any], *,
-                         timeout: float | None = None) -> list[Any]:
-        check("before sending messages")
-        pending = set(self._grid.push_messages(messages))
-        end = None if timeout is None else time.monotonic() + timeout
-        interval = float(getattr(self._grid, "pull_interval", 0.1))
-        replies: list[Any] = []
-        while pending:
-            got = list(self._grid.pull_messages(pending))
-            replies.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if not pending or (end is not None and time.monotonic() >= end):
-                break
-            check("while waiting for replies")
-            _stop.wait(interval)
-        return replies
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)

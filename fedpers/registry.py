@@ -46,7 +46,7 @@ class Params:
     def from_config(cls: type[P], cfg: Any) -> P:
         """The family's values in ``cfg`` (a RunConfig, or any object with those
         attributes)."""
-        return cls(**{f.name: getattr(cfg, f.name)  # type: ignore[call-arg]
+        return cls(**{f.name: getattr(cfg, f.name)
                       for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
@@ -99,7 +99,7 @@ class Registry(Generic[E]):
             return self._entries[name]
         except (KeyError, TypeError):
             if default is not _REQUIRED:
-                return default  # type: ignore[no-any-return]
+                return default
             raise unknown_name(self.key, name, self.names()) from None
 
     def build(self, name: str, params: Any) -> Any:

@@ -112,6 +112,7 @@ def compare_paired(groups: Mapping[str, Sequence[ChildRun]], pairs: Sequence[tup
             diffs, used = [], []
             for s in seeds:
                 if key == UP_TO_TARGET:
+                    assert target is not None  # UP_TO_TARGET is compared only with a target
                     a, b = mine[s].first_reaching(target), theirs[s].first_reaching(target)
                     va, vb = (a[2] if a else None), (b[2] if b else None)
                 else:

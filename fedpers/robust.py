@@ -238,5 +238,6 @@ def _robust_record(records: list[dict[str, np.ndarray]], aggregator: Aggregator
         values = [r[k] for r in records if k in r and r[k].shape == records[0][k].shape]
         mat = np.stack([v.astype(np.float64).ravel() for v in values])
         robust = aggregator.aggregate(mat).update
+        assert robust is not None, "called only for coordinate-wise aggregators"
         out[k] = robust.reshape(records[0][k].shape).astype(records[0][k].dtype)
     return out

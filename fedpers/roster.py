@@ -7,15 +7,16 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedpers.grid_view import GridView
+
 logger = logging.getLogger(__name__)
 
 
-class SelectedGrid:
+class SelectedGrid(GridView):
     """A view of a Grid that shows only the selected nodes.
 
     fedpers picks the clients of a round itself (seeded, by partition id) and hands
@@ -23,14 +24,11 @@ class SelectedGrid:
     """
 
     def __init__(self, grid: Grid, node_ids: Sequence[int]) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._node_ids = list(node_ids)
 
     def get_node_ids(self) -> list[int]:
         return list(self._node_ids)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
 
 
 @dataclass
@@ -82,13 +80,18 @@ def refresh_roster(grid: Grid, roster: Roster, num_clients: int, timeout: float)
         if info is None or "partition-id" not in info:
             logger.warning("node %d sent a handshake reply without partition-id", node)
             continue
-        pid = int(info["partition-id"])
+        raw_pid = info["partition-id"]
+        if not isinstance(raw_pid, (int, float)):
+            logger.warning("node %d sent a partition-id that is not a number", node)
+            continue
+        pid = int(raw_pid)
         if not 0 <= pid < num_clients or pid in roster.partition_of.values():
             logger.warning("node %d claims partition-id %d, which is out of range or taken; "
                            "ignoring it", node, pid)
             continue
         roster.partition_of[node] = pid
-        roster.num_examples[pid] = int(info.get("num-examples", 0))
+        examples = info.get("num-examples", 0)
+        roster.num_examples[pid] = int(examples) if isinstance(examples, (int, float)) else 0
         roster.reported[pid] = {k: float(v) for k, v in info.items()
                                 if k not in ("partition-id", "num-examples")
                                 and isinstance(v, (int, float))}

@@ -336,6 +336,7 @@ class Experiment:
         size of its training set from the data this (simulation) process loaded: what
         the handshake would have learnt, without a message to each of them. Waits for
         the real SuperNodes; returns their ids."""
+        assert isinstance(self.grid, VirtualGrid), "virtual-nodes runs on a VirtualGrid"
         nodes = wait_for_nodes(self.grid.inner, self.cfg.virtual_nodes, self.handshake_timeout)
         partition_of, num_examples = virtual_roster_entries(
             {p: c.num_train for p, c in enumerate(self.fed.clients)})

@@ -273,6 +273,7 @@ def stop_reaper(proc: subprocess.Popen | None) -> None:
     from fedpers.reaper import DONE
 
     try:
+        assert proc.stdin is not None  # started with stdin=PIPE
         proc.stdin.write(DONE)
         proc.stdin.close()
     except OSError:  # it is gone already

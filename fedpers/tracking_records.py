@@ -117,11 +117,9 @@ def is_transient(exc: BaseException, *, local_store: bool = False) -> bool:
     if local_store:
         text = " ".join(str(e) for e in _chain(exc)).lower()
         return "database is locked" in text or "database is busy" in text
-    try:
-        from mlflow.exceptions import MlflowException
-    except ImportError:  # pragma: no cover - mlflow is a dependency
-        MlflowException = ()  # type: ignore[assignment]  # noqa: N806
-    if MlflowException and isinstance(exc, MlflowException):
+    from mlflow.exceptions import MlflowException  # a dependency; imported when needed
+
+    if isinstance(exc, MlflowException):
         code = exc.get_http_status_code()
         return code >= 500 or code == 429
     try:

@@ -60,6 +60,7 @@ from flwr.serverapp import Grid
 
 from fedpers import client_state
 from fedpers.engine import CLIENT_APP_EXCEPTION, set_reply_origin
+from fedpers.grid_view import GridView
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def load_state(path: Path) -> RecordDict:
 
 
 # ------------------------------------------------------------------ server
-class VirtualGrid:
+class VirtualGrid(GridView):
     """A Grid whose nodes are the clients (virtual node ids); each call's messages are
     dealt over the real SuperNodes.
 
@@ -242,15 +243,10 @@ class VirtualGrid:
                  clients_per_call: int = 1) -> None:
         if clients_per_call < 1:
             raise ValueError(f"clients_per_call must be >= 1, got {clients_per_call}")
-        self._grid = grid
+        super().__init__(grid)
         self.num_partitions = num_partitions
         self.state_key = state_key
         self.clients_per_call = clients_per_call
-
-    @property
-    def inner(self) -> Grid:
-        """The Simulation Engine's grid (the real SuperNodes)."""
-        return self._grid
 
     def get_node_ids(self) -> list[int]:
         return [virtual_node_id(p) for p in range(self.num_partitions)]
@@ -323,9 +319,6 @@ class VirtualGrid:
                             STATE_KEY: self.state_key})
         return Message(content, dst_node_id=node, message_type=meta.message_type,
                        ttl=meta.ttl, group_id=meta.group_id)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
 
 
 def _as_reply(reply: Message, part: RecordDict | Error | None, sender: int, j: int,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # fedpers does client selection itself (seeded, see fedpers.selection) and hands the
 # strategy a grid that shows only the selected nodes, so every strategy is built to
 # take all nodes it is shown.
-TAKE_ALL = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": 1,
+TAKE_ALL: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": 1,
             "min_evaluate_nodes": 1, "min_available_nodes": 1}
 
 

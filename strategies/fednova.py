@@ -77,9 +77,13 @@ class FedNova(StrategyState, FedAvg):
             if not isinstance(steps, (int, float)) or steps < 1:
                 raise AggregationError(f"FedNova needs a '{STEPS_KEY}' metric >= 1 in every "
                                        f"training reply, got {steps!r}")
-            weights.append(float(m[self.weighted_by_key]))
+            weight = m[self.weighted_by_key]
+            if not isinstance(weight, (int, float)):
+                raise AggregationError(f"FedNova needs a number in '{self.weighted_by_key}', "
+                                       f"got {weight!r}")
+            weights.append(float(weight))
             norms.append(effective_steps(int(steps), self.momentum))
-            models.append(record_to_numpy(msg.content[self.arrayrecord_key]))
+            models.append(record_to_numpy(msg.content.array_records[self.arrayrecord_key]))
         p = np.asarray(weights) / sum(weights)
         tau_eff = float(np.dot(p, norms))
         x = self.current

@@ -21,7 +21,8 @@ from flwr.app import Message, MessageType, MetricRecord, RecordDict
 
 from fedpers import interrupt
 from fedpers.config import parse_run_config
-from fedpers.interrupt import RunInterrupted, SignalGuard, StoppableGrid
+from fedpers.interrupt import RunInterrupted, SignalGuard
+from fedpers.server_grid import StoppableGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,7 @@ import logging
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def _check_labels(path: Path, name: str, y: np.ndarray) -> np.ndarray:
     if y.ndim != 1:
         raise DataError(f"{path}: {name} must be one-dimensional, got shape {y.shape}")
     if y.dtype == np.bool_ or y.dtype.kind in "iu":
-        bad = np.flatnonzero((y < 0) | (y >= MAX_CLASSES)) if y.dtype != np.bool_ else []
+        bad: Any = np.flatnonzero((y < 0) | (y >= MAX_CLASSES)) if y.dtype != np.bool_ else []
     elif y.dtype.kind == "f":
         whole = np.isfinite(y) & (np.mod(y, 1) == 0)
         if not whole.all():
