@@ -32,10 +32,13 @@ from torch.func import functional_call
 
 from clients.local_training import personal_budget
 from clients.private_state import load_arrays, load_state, model_arrays, save_state
+from fedpers.client_records import ContextRecords
 from fedpers.seeds import Stream, derive_seed
 from fedpers.training import batch_loss, batches
 
 if TYPE_CHECKING:
+    from flwr.app import RecordDict
+
     from clients.base import LocalContext, LocalUpdate
     from fedpers.training import TrainResult
 
@@ -80,48 +83,52 @@ def apfl_step(model: nn.Module, v: dict[str, torch.Tensor], w: dict[str, torch.T
     return float(loss.detach())
 
 
-def _load(lc: LocalContext) -> tuple[dict[str, np.ndarray], float] | None:
-    v = load_state(lc, LOCAL_KEY)
-    a = load_state(lc, ALPHA_KEY)
+def _load(local: LocalContext) -> tuple[dict[str, np.ndarray], float] | None:
+    v = load_state(local, LOCAL_KEY)
+    a = load_state(local, ALPHA_KEY)
     if v is None or a is None:
         return None
     return v, float(a["alpha"])
 
 
 class APFL:
+    def state(self, context_state: RecordDict) -> ContextRecords:
+        """The local model ``v`` and the mixing weight ``alpha``."""
+        return ContextRecords(context_state, [LOCAL_KEY, ALPHA_KEY])
+
     def private_keys(self, model: nn.Module) -> set[str]:
         return set()
 
-    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
+    def prepare(self, model: nn.Module, local: LocalContext) -> None:
         return None
 
-    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
-        cfg = lc.cfg
-        stored = _load(lc)
+    def train(self, model: nn.Module, update: LocalUpdate, local: LocalContext) -> TrainResult:
+        cfg = local.cfg
+        stored = _load(local)
         v_np, alpha0 = stored if stored is not None else (model_arrays(model), cfg.apfl_alpha)
-        w = {k: t.detach().to(lc.device, copy=True) for k, t in model.named_parameters()}
-        result = update.train(model, lc)
-        frame = copy.deepcopy(model).to(lc.device).train()
-        v = {k: torch.tensor(np.array(a), device=lc.device) for k, a in v_np.items()}
+        w = {k: t.detach().to(local.device, copy=True) for k, t in model.named_parameters()}
+        result = update.train(model, local)
+        frame = copy.deepcopy(model).to(local.device).train()
+        v = {k: torch.tensor(np.array(a), device=local.device) for k, a in v_np.items()}
         for k in w:
             v[k].requires_grad_(True)
-        alpha = torch.tensor(float(alpha0), device=lc.device, requires_grad=True)
-        gen = torch.Generator().manual_seed(derive_seed(lc.seed, Stream.APFL_PERSONAL))
-        budget = personal_budget(lc, cfg.local_epochs)
+        alpha = torch.tensor(float(alpha0), device=local.device, requires_grad=True)
+        gen = torch.Generator().manual_seed(derive_seed(local.seed, Stream.APFL_PERSONAL))
+        budget = personal_budget(local, cfg.local_epochs)
         steps = 0
         for _ in range(cfg.local_epochs):
-            for xb, yb in batches(lc.data.x_train, lc.data.y_train, cfg.batch_size, gen,
-                                  lc.device):
+            for xb, yb in batches(local.data.x_train, local.data.y_train, cfg.batch_size, gen,
+                                  local.device):
                 if budget is not None and steps >= budget:
                     break
-                apfl_step(frame, v, w, alpha, xb, yb, lc.kind, cfg.lr)
+                apfl_step(frame, v, w, alpha, xb, yb, local.kind, cfg.lr)
                 steps += 1
-        save_state(lc, LOCAL_KEY, {k: t.detach().cpu().numpy() for k, t in v.items()})
-        save_state(lc, ALPHA_KEY, {"alpha": np.array(float(alpha.detach()), dtype=np.float64)})
+        save_state(local, LOCAL_KEY, {k: t.detach().cpu().numpy() for k, t in v.items()})
+        save_state(local, ALPHA_KEY, {"alpha": np.array(float(alpha.detach()), dtype=np.float64)})
         return result
 
-    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
-        stored = _load(lc)
+    def eval_model(self, model: nn.Module, local: LocalContext) -> nn.Module:
+        stored = _load(local)
         if stored is None:
             return model
         v_np, alpha = stored

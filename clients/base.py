@@ -1,4 +1,12 @@
-"""Protocols of the client halves and the context they run in."""
+"""Protocols of the client halves and the context they run in.
+
+State across rounds: a client half keeps it in the client's Context state
+(``LocalContext.state``), never in itself (one instance serves every client). A half
+that keeps something has ``state(context_state)`` giving the
+:class:`fedpers.client_records.ContextRecords` it owns (``state_dict()`` /
+``load_state_dict()``); one that keeps nothing says ``stateless = True``. The client
+checkpoint walks them; ``tests/clients/test_client_state_contract.py`` checks both.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +51,7 @@ class LocalContext:
 class LocalUpdate(Protocol):
     """How a client trains the model it was sent (a strategy's client half)."""
 
-    def train(self, model: nn.Module, lc: LocalContext) -> TrainResult: ...
+    def train(self, model: nn.Module, local: LocalContext) -> TrainResult: ...
 
 
 class Personalizer(Protocol):
@@ -53,14 +61,14 @@ class Personalizer(Protocol):
         """state_dict keys that never leave the client."""
         ...
 
-    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
+    def prepare(self, model: nn.Module, local: LocalContext) -> None:
         """Called after the global (shared) parameters are loaded into ``model``."""
         ...
 
-    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
+    def train(self, model: nn.Module, update: LocalUpdate, local: LocalContext) -> TrainResult:
         """Local training for this round; the shared part of ``model`` is uploaded."""
         ...
 
-    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
+    def eval_model(self, model: nn.Module, local: LocalContext) -> nn.Module:
         """The model this client uses on its own data (its personalised model)."""
         ...

@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 from clients.local_training import personal_sgd
 from clients.private_state import load_arrays, load_state, model_arrays, save_state
 from clients.proximal import proximal_hook
+from fedpers.client_records import ContextRecords
 from fedpers.seeds import Stream
 
 if TYPE_CHECKING:
+    from flwr.app import RecordDict
     from torch import nn
 
     from clients.base import LocalContext, LocalUpdate
@@ -34,9 +36,9 @@ if TYPE_CHECKING:
 STATE_KEY = "ditto-personal"
 
 
-def personal_model(model: nn.Module, lc: LocalContext) -> nn.Module | None:
+def personal_model(model: nn.Module, local: LocalContext) -> nn.Module | None:
     """This client's personal model (a copy of ``model`` with ``v`` loaded), or None."""
-    stored = load_state(lc, STATE_KEY)
+    stored = load_state(local, STATE_KEY)
     if stored is None:
         return None
     personal = copy.deepcopy(model)
@@ -45,22 +47,26 @@ def personal_model(model: nn.Module, lc: LocalContext) -> nn.Module | None:
 
 
 class Ditto:
+    def state(self, context_state: RecordDict) -> ContextRecords:
+        """The personal model (record ``ditto-personal``)."""
+        return ContextRecords(context_state, [STATE_KEY])
+
     def private_keys(self, model: nn.Module) -> set[str]:
         return set()
 
-    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
+    def prepare(self, model: nn.Module, local: LocalContext) -> None:
         return None
 
-    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
-        personal = personal_model(model, lc)
+    def train(self, model: nn.Module, update: LocalUpdate, local: LocalContext) -> TrainResult:
+        personal = personal_model(model, local)
         if personal is None:  # first time selected: v starts as the global model
             personal = copy.deepcopy(model)
-        pull = proximal_hook(model, lc.cfg.ditto_lambda, lc.device)  # towards w as received
-        result = update.train(model, lc)
-        personal_sgd(personal, lc, lc.cfg.local_epochs, Stream.DITTO_PERSONAL, grad_hook=pull)
-        save_state(lc, STATE_KEY, model_arrays(personal))
+        pull = proximal_hook(model, local.cfg.ditto_lambda, local.device)  # towards w as received
+        result = update.train(model, local)
+        personal_sgd(personal, local, local.cfg.local_epochs, Stream.DITTO_PERSONAL, grad_hook=pull)
+        save_state(local, STATE_KEY, model_arrays(personal))
         return result
 
-    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
-        personal = personal_model(model, lc)
+    def eval_model(self, model: nn.Module, local: LocalContext) -> nn.Module:
+        personal = personal_model(model, local)
         return model if personal is None else personal

@@ -39,13 +39,13 @@ class FedRep(KeepPrivate):
         return set(head_keys(model))
 
     def local_train(self, model: nn.Module, update: LocalUpdate,
-                    lc: LocalContext) -> TrainResult:
+                    local: LocalContext) -> TrainResult:
         head = self.private_keys(model)
         names = {name for name, _ in model.named_parameters()}
         try:
             _freeze(model, head)
-            personal_sgd(model, lc, lc.cfg.fedrep_head_epochs, Stream.FEDREP_HEAD)
+            personal_sgd(model, local, local.cfg.fedrep_head_epochs, Stream.FEDREP_HEAD)
             _freeze(model, names - head)
-            return update.train(model, lc)
+            return update.train(model, local)
         finally:
             _freeze(model, names)

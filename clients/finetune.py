@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 class FineTune(NoPersonalization):
     """Trains and uploads like FedAvg; only evaluation differs."""
 
-    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
+    def eval_model(self, model: nn.Module, local: LocalContext) -> nn.Module:
         tuned = copy.deepcopy(model)
-        personal_sgd(tuned, lc, lc.cfg.finetune_epochs, Stream.FINETUNE, lr=lc.cfg.finetune_lr)
+        personal_sgd(tuned, local, local.cfg.finetune_epochs, Stream.FINETUNE,
+                     lr=local.cfg.finetune_lr)
         return tuned

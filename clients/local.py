@@ -21,8 +21,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from clients.private_state import model_arrays, restore, save_state
+from fedpers.client_records import ContextRecords
 
 if TYPE_CHECKING:
+    from flwr.app import RecordDict
     from torch import nn
 
     from clients.base import LocalContext, LocalUpdate
@@ -32,16 +34,20 @@ STATE_KEY = "local-model"
 
 
 class LocalOnly:
+    def state(self, context_state: RecordDict) -> ContextRecords:
+        """The client's own model (record ``local-model``)."""
+        return ContextRecords(context_state, [STATE_KEY])
+
     def private_keys(self, model: nn.Module) -> set[str]:
         return set()
 
-    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
-        restore(model, lc, STATE_KEY, set(model.state_dict()))
+    def prepare(self, model: nn.Module, local: LocalContext) -> None:
+        restore(model, local, STATE_KEY, set(model.state_dict()))
 
-    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
-        result = update.train(model, lc)
-        save_state(lc, STATE_KEY, model_arrays(model))
+    def train(self, model: nn.Module, update: LocalUpdate, local: LocalContext) -> TrainResult:
+        result = update.train(model, local)
+        save_state(local, STATE_KEY, model_arrays(model))
         return result
 
-    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
+    def eval_model(self, model: nn.Module, local: LocalContext) -> nn.Module:
         return model

@@ -50,41 +50,41 @@ def straggler_steps(cfg: RunConfig, partition_id: int, num_train: int) -> int | 
     return max(1, int(math.floor(cfg.straggler_work * full_steps(cfg, num_train))))
 
 
-def server_budget(lc: LocalContext) -> int | None:
+def server_budget(local: LocalContext) -> int | None:
     """The step budget the server sent (``max-steps``: partial work under a round
     deadline, fedpers.devices), or ``None``."""
-    value = lc.server_config.get(MAX_STEPS)
+    value = local.server_config.get(MAX_STEPS)
     return None if value is None else max(1, int(value))
 
 
-def local_sgd(model: nn.Module, lc: LocalContext,
+def local_sgd(model: nn.Module, local: LocalContext,
               grad_hook: GradHook | None = None) -> TrainResult:
     """Local mini-batch SGD as the run config asks, cut short for stragglers and to
     the server's step budget."""
-    cfg = lc.cfg
-    x, y = lc.data.x_train, lc.data.y_train
-    budgets = [b for b in (straggler_steps(cfg, lc.partition_id, len(x)), server_budget(lc))
+    cfg = local.cfg
+    x, y = local.data.x_train, local.data.y_train
+    budgets = [b for b in (straggler_steps(cfg, local.partition_id, len(x)), server_budget(local))
                if b is not None]
-    return train_local(model, x, y, kind=lc.kind, epochs=cfg.local_epochs,
+    return train_local(model, x, y, kind=local.kind, epochs=cfg.local_epochs,
                        batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-                       seed=lc.seed, device=lc.device, grad_hook=grad_hook,
+                       seed=local.seed, device=local.device, grad_hook=grad_hook,
                        max_steps=min(budgets, default=None))
 
 
-def personal_budget(lc: LocalContext, epochs: int) -> int | None:
+def personal_budget(local: LocalContext, epochs: int) -> int | None:
     """Straggler cap of an extra local pass of ``epochs`` epochs (``None``: no cap).
 
     Stragglers complete ``straggler-work`` of these steps too. The server's per-round
     step budget (``max-steps``) caps the strategy's local update only.
     """
-    cfg = lc.cfg
-    if lc.partition_id not in stragglers(cfg):
+    cfg = local.cfg
+    if local.partition_id not in stragglers(cfg):
         return None
-    steps = epochs * math.ceil(len(lc.data.x_train) / cfg.batch_size)
+    steps = epochs * math.ceil(len(local.data.x_train) / cfg.batch_size)
     return max(1, int(math.floor(cfg.straggler_work * steps)))
 
 
-def personal_sgd(model: nn.Module, lc: LocalContext, epochs: int, tag: Stream,
+def personal_sgd(model: nn.Module, local: LocalContext, epochs: int, tag: Stream,
                  grad_hook: GradHook | None = None, lr: float = 0.0) -> TrainResult:
     """An extra pass of plain local SGD (fine-tuning, a private head, a personal model).
 
@@ -92,8 +92,9 @@ def personal_sgd(model: nn.Module, lc: LocalContext, epochs: int, tag: Stream,
     ``lr`` > 0 is given; batches drawn from a seed derived from the round's seed and
     ``tag``.
     """
-    cfg = lc.cfg
-    return train_local(model, lc.data.x_train, lc.data.y_train, kind=lc.kind, epochs=epochs,
-                       batch_size=cfg.batch_size, lr=lr or cfg.lr, momentum=cfg.momentum,
-                       seed=derive_seed(lc.seed, tag), device=lc.device, grad_hook=grad_hook,
-                       max_steps=personal_budget(lc, epochs))
+    cfg = local.cfg
+    return train_local(model, local.data.x_train, local.data.y_train, kind=local.kind,
+                       epochs=epochs, batch_size=cfg.batch_size, lr=lr or cfg.lr,
+                       momentum=cfg.momentum, seed=derive_seed(local.seed, tag),
+                       device=local.device, grad_hook=grad_hook,
+                       max_steps=personal_budget(local, epochs))

@@ -12,14 +12,16 @@ if TYPE_CHECKING:
 
 
 class NoPersonalization:
+    stateless = True  # nothing kept across rounds
+
     def private_keys(self, model: nn.Module) -> set[str]:
         return set()
 
-    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
+    def prepare(self, model: nn.Module, local: LocalContext) -> None:
         return None
 
-    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
-        return update.train(model, lc)
+    def train(self, model: nn.Module, update: LocalUpdate, local: LocalContext) -> TrainResult:
+        return update.train(model, local)
 
-    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
+    def eval_model(self, model: nn.Module, local: LocalContext) -> nn.Module:
         return model

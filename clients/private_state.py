@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from fedpers.arrays import record_to_numpy, to_array_record
+from fedpers.client_records import ContextRecords
 from fedpers.training import TrainResult
 
 if TYPE_CHECKING:
+    from flwr.app import RecordDict
     from torch import nn
 
     from clients.base import LocalContext, LocalUpdate
@@ -36,25 +38,25 @@ def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
             state[k].copy_(torch.as_tensor(np.array(v)).reshape(state[k].shape))
 
 
-def load_state(lc: LocalContext, name: str) -> dict[str, np.ndarray] | None:
+def load_state(local: LocalContext, name: str) -> dict[str, np.ndarray] | None:
     """The ArrayRecord ``name`` of this client's Context state as numpy, or None."""
-    record = lc.state.array_records.get(name)
+    record = local.state.array_records.get(name)
     return None if record is None else record_to_numpy(record)
 
 
-def save_state(lc: LocalContext, name: str, arrays: dict[str, np.ndarray]) -> None:
+def save_state(local: LocalContext, name: str, arrays: dict[str, np.ndarray]) -> None:
     """Keep ``arrays`` in this client's Context state under ``name`` (0-d stays 0-d)."""
-    lc.state[name] = to_array_record(arrays)
+    local.state[name] = to_array_record(arrays)
 
 
-def restore(model: nn.Module, lc: LocalContext, name: str, keys: set[str]) -> bool:
+def restore(model: nn.Module, local: LocalContext, name: str, keys: set[str]) -> bool:
     """Load the entries ``keys`` of ``model`` from the state record ``name``.
 
     Entries missing from the record, or whose shape changed, keep the values they
     have (the server's, the first time a client is selected). Returns whether the
     record existed.
     """
-    stored = load_state(lc, name)
+    stored = load_state(local, name)
     if stored is None:
         return False
     state = model.state_dict()
@@ -75,17 +77,21 @@ class KeepPrivate:
     def private_keys(self, model: nn.Module) -> set[str]:
         raise NotImplementedError
 
-    def prepare(self, model: nn.Module, lc: LocalContext) -> None:
-        restore(model, lc, self.state_name, self.private_keys(model))
+    def state(self, context_state: RecordDict) -> ContextRecords:
+        """The private parameters this client keeps (record ``state_name``)."""
+        return ContextRecords(context_state, [self.state_name])
+
+    def prepare(self, model: nn.Module, local: LocalContext) -> None:
+        restore(model, local, self.state_name, self.private_keys(model))
 
     def local_train(self, model: nn.Module, update: LocalUpdate,
-                    lc: LocalContext) -> TrainResult:
-        return update.train(model, lc)
+                    local: LocalContext) -> TrainResult:
+        return update.train(model, local)
 
-    def train(self, model: nn.Module, update: LocalUpdate, lc: LocalContext) -> TrainResult:
-        result = self.local_train(model, update, lc)
-        save_state(lc, self.state_name, model_arrays(model, self.private_keys(model)))
+    def train(self, model: nn.Module, update: LocalUpdate, local: LocalContext) -> TrainResult:
+        result = self.local_train(model, update, local)
+        save_state(local, self.state_name, model_arrays(model, self.private_keys(model)))
         return result
 
-    def eval_model(self, model: nn.Module, lc: LocalContext) -> nn.Module:
+    def eval_model(self, model: nn.Module, local: LocalContext) -> nn.Module:
         return model

@@ -50,10 +50,12 @@ def proximal_hook(model: nn.Module, mu: float, device: torch.device,
 class ProximalUpdate:
     """Local SGD with the FedProx proximal term; ``mu = 0`` is plain local SGD."""
 
-    def train(self, model: nn.Module, lc: LocalContext) -> TrainResult:
-        if MU_KEY not in lc.server_config:
+    stateless = True  # nothing kept across rounds
+
+    def train(self, model: nn.Module, local: LocalContext) -> TrainResult:
+        if MU_KEY not in local.server_config:
             raise ValueError(f"the proximal update needs {MU_KEY!r} in the server's config "
                              f"(strategy 'fedprox' sends it)")
-        mu = float(lc.server_config[MU_KEY])
-        return local_sgd(model, lc, grad_hook=proximal_hook(model, mu, lc.device,
-                                                            lc.private_keys))
+        mu = float(local.server_config[MU_KEY])
+        return local_sgd(model, local, grad_hook=proximal_hook(model, mu, local.device,
+                                                               local.private_keys))

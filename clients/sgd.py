@@ -16,5 +16,7 @@ if TYPE_CHECKING:
 class SGDUpdate:
     """``local-epochs`` epochs of mini-batch SGD on the client's train part."""
 
-    def train(self, model: nn.Module, lc: LocalContext) -> TrainResult:
-        return local_sgd(model, lc)
+    stateless = True  # nothing kept across rounds
+
+    def train(self, model: nn.Module, local: LocalContext) -> TrainResult:
+        return local_sgd(model, local)

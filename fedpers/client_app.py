@@ -45,7 +45,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import LOCAL_UPDATES, PERSONALIZERS, LocalContext
-from fedpers import client_detector, client_state
+from fedpers import client_detector, client_records, client_state
 from fedpers import metrics as task_metrics
 from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.attacks import attackers, poison_labels
@@ -241,6 +241,15 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
+def client_components(cfg: RunConfig, pid: int) -> dict[str, object]:
+    """This client's components by name: the ones whose state the checkpoint walks
+    (``fedpers.client_records``)."""
+    steps = build_client_pipeline(cfg, pid)
+    return {"personalization": PERSONALIZERS.get(cfg.personalization),
+            "local-update": LOCAL_UPDATES[STRATEGIES[cfg.strategy].local_update],
+            **{f"upload/{type(step).__name__}": step for step in steps}}
+
+
 def _state_folder(msg: Message, context: Context) -> tuple[Any, int, Any]:
     """(the server's request, this partition id, its state folder)."""
     cfg = client_config(context)
@@ -254,7 +263,9 @@ def save_state(msg: Message, context: Context) -> Message:
     """Checkpoint: write this client's Context state to its disk; reply its digest."""
     req, pid, folder = _state_folder(msg, context)
     keep = [int(req["keep-round"])] if int(req.get("keep-round", 0)) > 0 else []
-    sha, size = client_state.save(context.state, folder, int(req["server-round"]), keep)
+    components = client_components(client_config(context), pid)
+    state = client_records.checkpoint_state(components, context.state)
+    sha, size = client_state.save(state, folder, int(req["server-round"]), keep)
     info = ConfigRecord({"partition-id": pid, "sha256": sha, "bytes": size})
     return Message(RecordDict({"state": info}), reply_to=msg)
 
@@ -263,7 +274,8 @@ def load_state(msg: Message, context: Context) -> Message:
     """Resume: replace this client's Context state with the checkpointed one."""
     req, pid, folder = _state_folder(msg, context)
     saved = client_state.load(folder, int(req["server-round"]), str(req["sha256"]))
-    client_state.replace_state(context.state, saved)
+    components = client_components(client_config(context), pid)
+    client_records.restore_state(components, context.state, saved)
     return Message(RecordDict({"state": ConfigRecord({"partition-id": pid})}), reply_to=msg)
 
 

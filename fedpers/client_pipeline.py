@@ -31,6 +31,7 @@ import numpy as np
 
 from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.attacks import attackers, poison_update
+from fedpers.client_records import ContextRecords
 from fedpers.codecs import CODECS, Codec, CodecParams
 from fedpers.codecs.update import decode_weights, encode_update
 from fedpers.privacy import clip_update
@@ -135,7 +136,11 @@ class DpClipStep:
         return Upload(shared, upload.extra, upload.metrics)
 
 
-class ErrorFeedback:
+def _is_residual(name: str) -> bool:
+    return name == EF_STATE_KEY or name.startswith(EF_STATE_KEY + "/")
+
+
+class ErrorFeedback(ContextRecords):
     """The error-feedback residuals of one client, kept in its Context state.
 
     ``state_dict()`` gives ``{record name: arrays}`` of every residual this client
@@ -144,7 +149,7 @@ class ErrorFeedback:
     """
 
     def __init__(self, state: RecordDict) -> None:
-        self.state = state
+        super().__init__(state, _is_residual)
 
     def get(self, key: str = EF_STATE_KEY) -> Arrays | None:
         if key not in self.state.array_records:
@@ -155,29 +160,20 @@ class ErrorFeedback:
         if residual is not None:
             self.state[key] = to_array_record(residual)
 
-    def state_dict(self) -> dict[str, Arrays]:
-        return {key: record_to_numpy(rec) for key, rec in self.state.array_records.items()
-                if key == EF_STATE_KEY or key.startswith(EF_STATE_KEY + "/")}
-
-    def load_state_dict(self, saved: dict[str, Arrays]) -> None:
-        for key, arrays in saved.items():
-            if key != EF_STATE_KEY and not key.startswith(EF_STATE_KEY + "/"):
-                raise KeyError(f"error-feedback state: record {key!r} is not a residual "
-                               f"(expected {EF_STATE_KEY!r} or {EF_STATE_KEY}/<record>)")
-            self.put(arrays, key)
-
 
 class EncodeStep:
     """The upload codec: lossy codecs encode the update against what was received
     (with its error-feedback residual); extra records are encoded against zero, each
     with its own residual, and go as they are when the codec is lossless."""
 
-    stateless = True  # the residuals live in the client's state: ErrorFeedback
-
     def __init__(self, codec: Codec, error_feedback: bool, seed: int) -> None:
         self.codec = codec
         self.error_feedback = bool(error_feedback) and codec.lossy
         self.seed = seed
+
+    def state(self, context_state: RecordDict) -> ErrorFeedback:
+        """The error-feedback residuals this client keeps."""
+        return ErrorFeedback(context_state)
 
     def apply(self, upload: Upload, inputs: RoundInputs) -> Upload:
         rng = np.random.default_rng(derive_seed(self.seed, Stream.UPLOAD_CODEC,

@@ -14,6 +14,7 @@ from fedpers.codecs.base import CodecError, CodecParams
 
 
 class IdentityCodec:
+    stateless = True  # holds no data between calls
     name = "none"
     lossy = False
     unbiased = True
