@@ -115,7 +115,8 @@ def _setup(msg: Message, context: Context) -> Call:
     task = TASKS[cfg.task]
     fed = load_federated(DataSpec.from_config(cfg))
     freeze_once()  # the data and imports stay: full collections skip them (fedpers.heap)
-    server_cfg = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
+    server_cfg: dict[str, Any] = (dict(msg.content["config"])
+                                  if "config" in msg.content.config_records else {})
     rnd = int(server_cfg.get("server-round", 0))
     local = LocalContext(cfg=cfg, data=fed.clients[pid], kind=fed.kind, server_round=rnd,
                          partition_id=pid,
@@ -127,7 +128,8 @@ def _setup(msg: Message, context: Context) -> Call:
                                         if name != "arrays"})
     seed_torch(local.seed)
     model = task.build_model(fed.input_shape, fed.num_classes)
-    received = decode_broadcast(cfg, msg.content["arrays"], _shared_arrays(model, set()))
+    received = decode_broadcast(cfg, msg.content.array_records["arrays"],
+                                _shared_arrays(model, set()))
     missing = set(received) - set(model.state_dict())
     if missing:
         raise ValueError(f"server sent parameters this model does not have: {sorted(missing)}")
@@ -215,7 +217,8 @@ def keep_detector(context: Context, local: LocalContext, model: torch.nn.Module,
     meta = {"task": cfg.task, "kind": local.kind, "input_shape": list(fed.input_shape),
             "num_classes": fed.num_classes, "threshold": float(threshold),
             "threshold_percentile": cfg.threshold_percentile,
-            "num_val": int(len(local.data.x_val)), "personalization": cfg.personalization,
+            "num_val": 0 if local.data.x_val is None else int(len(local.data.x_val)),
+            "personalization": cfg.personalization,
             "partition_id": local.partition_id, "server_round": local.server_round,
             "mlflow_run_id": cfg.mlflow_run_id}
     try:

@@ -160,7 +160,7 @@ def restore_state(components: Mapping[str, object], context_state: RecordDict,
         if owner is None:
             context_state[name] = record
         else:
-            owners[owner].load_state_dict({name: record_to_numpy(record)})
+            owners[owner].load_state_dict({name: record_to_numpy(saved.array_records[name])})
 
 
 __all__ = ["ClientStateful", "ContextRecords", "checkpoint_state", "is_stateless",

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,8 @@ def seed_torch(seed: int) -> None:
 
 @lru_cache(maxsize=1)
 def _accelerator_present() -> bool:
-    checks = [torch.cuda.is_available, torch.backends.mps.is_available]
+    checks: list[Callable[[], Any]] = [torch.cuda.is_available,
+                                       torch.backends.mps.is_available]
     for name in ("xpu", "mtia"):
         available = getattr(getattr(torch, name, None), "is_available", None)
         if available is not None:
