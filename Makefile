@@ -47,6 +47,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check fedpers strategies clients tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns .pytest_cache

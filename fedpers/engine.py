@@ -36,6 +36,9 @@ fedpers name                       wraps
                                    exported by ``flwr.serverapp``).
 :func:`set_reply_origin`           ``Metadata``'s private ``_message_id`` and
                                    ``_src_node_id``: ``Metadata`` has no setter for them.
+:func:`message_with_metadata`      ``Message(content|error, metadata=...)``: a keyword
+                                   Flower's constructor takes but its typed overloads do
+                                   not list.
 :func:`flower_console_handlers`    ``flwr.common.logger.ConsoleHandler``: the handler Flower
                                    puts on its ``flwr`` logger.
 :func:`custom_torch_backend`       ``torch._C._get_privateuse1_backend_name``: whether a
@@ -57,7 +60,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flwr.app import Context, Metadata, RecordDict
+    from flwr.app import Context, Error, Message, Metadata, RecordDict
     from flwr.serverapp.exception import AggregationError
 
     NUMPY_STYPE: str
@@ -196,6 +199,16 @@ def set_reply_origin(metadata: Metadata, *, sender: int, message_id: str | None 
     metadata.__dict__["_src_node_id"] = sender
     if message_id is not None:
         metadata.__dict__["_message_id"] = message_id
+
+
+def message_with_metadata(body: RecordDict | Error, metadata: Metadata) -> Message:
+    """A message with the given ``metadata`` (a reply split out of a packed one): Flower's
+    ``Message`` takes ``metadata`` as a keyword its typed overloads do not list."""
+    from flwr.app import Error, Message
+
+    if isinstance(body, Error):
+        return Message(error=body, metadata=metadata)  # type: ignore[call-overload]
+    return Message(content=body, metadata=metadata)  # type: ignore[call-overload]
 
 
 # --- Flower: console --------------------------------------------------------------

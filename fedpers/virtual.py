@@ -59,7 +59,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordD
 from flwr.serverapp import Grid
 
 from fedpers import client_state
-from fedpers.engine import CLIENT_APP_EXCEPTION, set_reply_origin
+from fedpers.engine import CLIENT_APP_EXCEPTION, message_with_metadata, set_reply_origin
 from fedpers.grid_view import GridView
 
 logger = logging.getLogger(__name__)
@@ -128,14 +128,14 @@ def unpack(content: RecordDict) -> list[RecordDict | Error]:
     """The contents (or errors) :func:`pack` packed, in order. A record that several of
     them share is copied for each, so no client sees another's changes to it."""
     spec = content.config_records[BATCH]
-    out: list[RecordDict | Error] = []
+    out: list[Error | list[tuple[str, str]]] = []
     uses: dict[str, int] = {}
-    for j in range(int(spec["count"])):
+    for j in range(_number(spec["count"], "count")):
         if f"error-{j}" in spec:
             code, reason = json.loads(str(spec[f"error-{j}"]))
             out.append(Error(code=int(code), reason=str(reason)))
             continue
-        pairs = json.loads(str(spec[f"records-{j}"]))
+        pairs = [(str(key), str(ref)) for key, ref in json.loads(str(spec[f"records-{j}"]))]
         for _, ref in pairs:
             uses[ref] = uses.get(ref, 0) + 1
         out.append(pairs)
@@ -143,6 +143,13 @@ def unpack(content: RecordDict) -> list[RecordDict | Error]:
             RecordDict({key: _own(content[ref]) if uses[ref] > 1 else content[ref]
                         for key, ref in item})
             for item in out]
+
+
+def _number(value: object, what: str) -> int:
+    """An integer field of a virtual-nodes record (a number in a ConfigRecord)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    raise ValueError(f"virtual-nodes record: {what!r} is not a number: {value!r}")
 
 
 def _own(record: Any) -> Any:
@@ -171,8 +178,8 @@ def virtual_client_mod(msg: Message, context: Context, call_next: Any) -> Messag
         return call_next(msg, context)
     spec = records[RECORD]
     msg.content = RecordDict({k: v for k, v in msg.content.items() if k != RECORD})
-    return _serve(msg, context, call_next, int(spec[PARTITION]), int(spec[NUM_PARTITIONS]),
-                  str(spec[STATE_KEY]))
+    return _serve(msg, context, call_next, _number(spec[PARTITION], PARTITION),
+                  _number(spec[NUM_PARTITIONS], NUM_PARTITIONS), str(spec[STATE_KEY]))
 
 
 def _serve(msg: Message, context: Context, call_next: Any, pid: int, num_partitions: int,
@@ -199,9 +206,11 @@ def _serve_batch(msg: Message, context: Context, call_next: Any) -> Message:
     raises gets the error reply Flower would have made of it; the others go on."""
     spec = msg.content.config_records[BATCH]
     pids = json.loads(str(spec[PARTITION]))
-    num_partitions, state_key = int(spec[NUM_PARTITIONS]), str(spec[STATE_KEY])
+    num_partitions, state_key = _number(spec[NUM_PARTITIONS], NUM_PARTITIONS), str(spec[STATE_KEY])
     results: list[RecordDict | Error] = []
     for pid, content in zip(pids, unpack(msg.content), strict=True):
+        if isinstance(content, Error):  # the server packs contents only
+            raise ValueError(f"virtual-nodes: a packed call holds an error for client {pid}")
         msg.content = content
         try:
             reply = _serve(msg, context, call_next, int(pid), num_partitions, state_key)
@@ -332,8 +341,7 @@ def _as_reply(reply: Message, part: RecordDict | Error | None, sender: int, j: i
         set_reply_origin(meta, sender=sender, message_id=f"{reply.metadata.message_id}/{j}")
         if part is None:
             part = reply.error
-        out = (Message(error=part, metadata=meta) if isinstance(part, Error)
-               else Message(content=part, metadata=meta))
+        out = message_with_metadata(part, meta)
     set_reply_origin(out.metadata, sender=sender)  # the reply as its client sent it
     return out
 

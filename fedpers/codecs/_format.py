@@ -109,9 +109,9 @@ def pack_bits(codes: np.ndarray, width: int) -> np.ndarray:
         return np.packbits(codes.astype(np.uint8), bitorder="little")
     if width in (2, 4):
         per = 8 // width
-        c = np.zeros(packed_nbytes(n, width) * per, np.uint8)
-        c[:n] = codes
-        c = c.reshape(-1, per)
+        flat = np.zeros(packed_nbytes(n, width) * per, np.uint8)
+        flat[:n] = codes
+        c = flat.reshape(-1, per)
         out = c[:, 0].copy()
         for j in range(1, per):
             out |= c[:, j] << np.uint8(j * width)

@@ -61,9 +61,15 @@ class Codec(Protocol):
     their random draws.
     """
 
-    name: str
-    lossy: bool
-    unbiased: bool
+    # read-only members: a codec may hold them as class variables
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def lossy(self) -> bool: ...
+
+    @property
+    def unbiased(self) -> bool: ...
 
     def encode(self, arrays: dict[str, np.ndarray],
                rng: np.random.Generator) -> dict[str, np.ndarray]:
