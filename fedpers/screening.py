@@ -150,7 +150,7 @@ def check_extra_records(reply: Message, reference: dict[str, np.ndarray],
 
     Each named ArrayRecord must be present and, once decoded (a lossy ``codec``
     encodes it like the model's update, against zero:
-    :func:`fedpers.compression.encode_extra_record`), hold floating-point arrays
+    :class:`fedpers.client_pipeline.EncodeStep`), hold floating-point arrays
     whose names and shapes are those of ``reference`` parameters, with finite values.
     """
     out: dict[str, dict[str, np.ndarray]] = {}

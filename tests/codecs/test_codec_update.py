@@ -14,7 +14,18 @@ from flwr.app import (
     RecordDict,
 )
 
+from fedpers.arrays import to_array_record
 from fedpers.byte_count import content_bytes
+from fedpers.client_pipeline import (
+    DISTORTION_METRIC,
+    EF_STATE_KEY,
+    EncodeStep,
+    RoundInputs,
+    Upload,
+    build_client_pipeline,
+    decode_broadcast,
+    run_pipeline,
+)
 from fedpers.codecs import CODECS, CodecError, build_codec
 from fedpers.codecs.update import (
     PACKED_KEY,
@@ -26,14 +37,7 @@ from fedpers.codecs.update import (
     packed_nbytes,
     unpack,
 )
-from fedpers.compression import (
-    DISTORTION_METRIC,
-    EF_STATE_KEY,
-    UploadStats,
-    encode_broadcast,
-    received_arrays,
-)
-from fedpers.compression import encode_reply_arrays as _encode_reply_arrays
+from fedpers.compression import UploadStats, encode_broadcast
 from fedpers.config import ConfigError, parse_run_config
 from fedpers.screening import RejectedReply, check_train_reply
 
@@ -163,9 +167,13 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def encode_reply_arrays(cfg, shared, glob, rng, state):
-    """The client's call, with ``glob`` as the broadcast it received (fp32)."""
-    return _encode_reply_arrays(cfg, shared, _record(glob), glob, rng, state)
+def encode_reply(cfg, shared, received, state, server_round=1):
+    """The client's upload pipeline (here only its EncodeStep) on ``shared``, with
+    ``received`` as the broadcast it decoded: the reply's ArrayRecord and metrics."""
+    steps = build_client_pipeline(cfg, 0)
+    assert [type(s) for s in steps] == [EncodeStep]
+    up = run_pipeline(steps, Upload(shared), RoundInputs(server_round, 0, received, state))
+    return to_array_record(up.shared), up.metrics
 
 
 def test_client_keeps_the_residual_in_its_context_state():
@@ -177,7 +185,7 @@ def test_client_keeps_the_residual_in_its_context_state():
     for t in range(3):
         u = model(10 + t, scale=0.01)
         local = {k: glob[k] + u[k] if k != "steps" else glob[k] for k in glob}
-        rec, metrics = encode_reply_arrays(cfg, local, glob, np.random.default_rng(t), state)
+        rec, metrics = encode_reply(cfg, local, glob, state, server_round=t + 1)
         assert EF_STATE_KEY in state.array_records
         assert 0 < metrics[DISTORTION_METRIC] < 1.5
         weights = decode_update(build_codec(cfg), {k: a.numpy() for k, a in rec.items()}, glob)
@@ -191,11 +199,9 @@ def test_client_keeps_the_residual_in_its_context_state():
 
 def test_client_without_error_feedback_keeps_no_state_and_none_adds_no_metric():
     state = RecordDict()
-    rec, metrics = encode_reply_arrays(_cfg(codec="q8"), model(1), model(0),
-                                       np.random.default_rng(0), state)
+    rec, metrics = encode_reply(_cfg(codec="q8"), model(1), model(0), state)
     assert EF_STATE_KEY not in state.array_records and DISTORTION_METRIC in metrics
-    rec, metrics = encode_reply_arrays(_cfg(), model(1), model(0), np.random.default_rng(0),
-                                       state)
+    rec, metrics = encode_reply(_cfg(), model(1), model(0), state)
     assert metrics == {}
     assert all(np.array_equal(rec[k].numpy(), model(1)[k]) for k in model(1))
 
@@ -210,8 +216,7 @@ def test_server_check_reconstructs_weights_and_rejects_malformed_updates():
     cfg = _cfg(codec="q4")
     glob = model(0)
     local = {k: (v + 0.01 if v.dtype.kind == "f" else v) for k, v in glob.items()}
-    rec, metrics = encode_reply_arrays(cfg, local, glob, np.random.default_rng(0),
-                                       RecordDict())
+    rec, metrics = encode_reply(cfg, local, glob, RecordDict())
     codec = build_codec(cfg)
     arrays, got = check_train_reply(_reply(rec, {"num-examples": 5, **metrics}), glob, codec)
     assert np.abs(arrays["w"] - local["w"]).max() < 0.01
@@ -228,8 +233,7 @@ def test_server_check_reconstructs_weights_and_rejects_malformed_updates():
     glob2 = {**glob, "w2": glob["w"]}
     with pytest.raises(RejectedReply, match="'w2' is a floating-point parameter sent unencoded"):
         check_train_reply(_reply(smuggled, {"num-examples": 5}), glob2, codec)
-    wrong_codec = encode_reply_arrays(_cfg(codec="q8"), local, glob, np.random.default_rng(0),
-                                      RecordDict())[0]
+    wrong_codec = encode_reply(_cfg(codec="q8"), local, glob, RecordDict())[0]
     with pytest.raises(RejectedReply, match="bad header"):
         check_train_reply(_reply(wrong_codec, {"num-examples": 5}), glob, codec)
 
@@ -246,11 +250,11 @@ def test_broadcast_is_encoded_once_and_decoded_by_the_client():
     assert msgs[0].content["arrays"][PACKED_KEY].numpy().dtype == np.uint8
     assert msgs[0].content["arrays"]["steps"].numpy() == 0
     assert content_bytes(msgs[0].content) < before / 2  # 4x on the arrays, less framing
-    got = received_arrays(cfg, msgs[0].content["arrays"], glob)
+    got = decode_broadcast(cfg, msgs[0].content["arrays"], glob)
     for k in ("w", "b"):
         assert np.abs(got[k] - glob[k]).max() <= (glob[k].max() - glob[k].min()) / 255 + 1e-6
-    assert received_arrays(_cfg(), ArrayRecord({k: Array(v) for k, v in glob.items()}),
-                           glob)["w"].tobytes() == glob["w"].tobytes()
+    assert decode_broadcast(_cfg(), ArrayRecord({k: Array(v) for k, v in glob.items()}),
+                            glob)["w"].tobytes() == glob["w"].tobytes()
 
 
 def test_broadcast_with_none_is_untouched():
@@ -268,8 +272,7 @@ def test_weights_codec_rejects_unknown_names():
 
 def test_upload_stats_ratio_and_distortion():
     glob = model(0)
-    rec, metrics = encode_reply_arrays(_cfg(codec="q8"), model(1), glob,
-                                       np.random.default_rng(0), RecordDict())
+    rec, metrics = encode_reply(_cfg(codec="q8"), model(1), glob, RecordDict())
     reply = _reply(rec, {"num-examples": 5, **metrics})
     stats = UploadStats(lossy=True)
     stats.add(reply, glob, {"num-examples": 5, **metrics})
@@ -359,11 +362,10 @@ def test_with_a_compressed_broadcast_the_update_is_taken_against_what_was_receiv
     cfg = _cfg(codec="fp16", **{"codec-down": "q8"})
     glob = model(0)
     broadcast = _record(encode_weights(build_codec(cfg, "q8"), glob, np.random.default_rng(1)))
-    received = received_arrays(cfg, broadcast, glob)
+    received = decode_broadcast(cfg, broadcast, glob)
     assert np.abs(received["w"] - glob["w"]).max() > 0  # q8 of the weights is lossy
     local = {k: (received[k] + 0.01 if k != "steps" else received[k]) for k in glob}
-    rec, _ = _encode_reply_arrays(cfg, local, broadcast, glob, np.random.default_rng(0),
-                                  RecordDict())
+    rec, _ = encode_reply(cfg, local, received, RecordDict())
     weights = decode_update(build_codec(cfg), {k: a.numpy() for k, a in rec.items()}, glob)
     np.testing.assert_allclose(weights["w"], glob["w"] + 0.01, atol=1e-5)
     np.testing.assert_allclose(weights["b"], glob["b"] + 0.01, atol=1e-5)

@@ -84,21 +84,35 @@ def _cfg(codec: str, ef: bool):
     return parse_run_config({"task": "digits", "codec": codec, "error-feedback": ef})
 
 
+#: the model's shared part that goes with the control record (other names than BIG's)
+MODEL = {"m": np.linspace(-1, 1, 64, dtype=np.float32)}
+
+
+def _encode_control(cfg, control: dict, state: RecordDict, server_round: int = 1
+                    ) -> ArrayRecord:
+    """The client's EncodeStep on a reply with extra record ``control``: its record."""
+    from fedpers.arrays import to_array_record
+    from fedpers.client_pipeline import EncodeStep, RoundInputs, Upload, codec_for
+
+    step = EncodeStep(codec_for(cfg), cfg.error_feedback, cfg.seed)
+    shared = {k: v + 0.1 for k, v in MODEL.items()}
+    up = step.apply(Upload(shared, {"control": control}),
+                    RoundInputs(server_round, 0, MODEL, state))
+    return to_array_record(up.extra["control"])
+
+
 def _encoded_reply(record: ArrayRecord) -> Message:
     ins = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=7)
     return Message(RecordDict({"control": record}), reply_to=ins)
 
 
 def test_a_lossy_codec_compresses_the_extra_record_and_the_server_decodes_it():
-    from fedpers.compression import encode_extra_record
-
     rng = np.random.default_rng(1)
     control = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in BIG.items()}
     plain = content_bytes(RecordDict({"control": ArrayRecord(
         {k: Array(v) for k, v in control.items()})}))
     for codec, tol, max_share in (("fp16", 1e-3, 0.55), ("q8", 0.05, 0.3)):
-        record = encode_extra_record(_cfg(codec, False), "control", control,
-                                     np.random.default_rng(0), RecordDict())
+        record = _encode_control(_cfg(codec, False), control, RecordDict())
         sent = content_bytes(RecordDict({"control": record}))
         assert sent < max_share * plain, codec
         decoded = check_extra_records(_encoded_reply(record), BIG, ("control",),
@@ -107,14 +121,13 @@ def test_a_lossy_codec_compresses_the_extra_record_and_the_server_decodes_it():
             assert decoded[k].dtype == np.float32
             np.testing.assert_allclose(decoded[k], control[k], atol=tol * 4, rtol=tol)
     # lossless: the arrays as they are
-    record = encode_extra_record(_cfg("none", False), "control", control,
-                                 np.random.default_rng(0), RecordDict())
+    record = _encode_control(_cfg("none", False), control, RecordDict())
     np.testing.assert_array_equal(record["w"].numpy(), control["w"])
 
 
 def test_error_feedback_on_the_extra_record_loses_nothing_over_rounds():
     """sum of what the server decoded + the residual left = sum of the records."""
-    from fedpers.compression import EF_STATE_KEY, encode_extra_record, load_residual
+    from fedpers.client_pipeline import EF_STATE_KEY, ErrorFeedback
 
     cfg, state = _cfg("topk", True), RecordDict()
     rng = np.random.default_rng(2)
@@ -122,26 +135,23 @@ def test_error_feedback_on_the_extra_record_loses_nothing_over_rounds():
     total_out = {k: np.zeros_like(v, dtype=np.float64) for k, v in BIG.items()}
     for rnd in range(5):
         control = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in BIG.items()}
-        record = encode_extra_record(cfg, "control", control, np.random.default_rng(rnd),
-                                     state)
+        record = _encode_control(cfg, control, state, server_round=rnd + 1)
         decoded = check_extra_records(_encoded_reply(record), BIG, ("control",),
                                       build_codec(cfg))["control"]
         for k in BIG:
             total_in[k] += control[k]
             total_out[k] += decoded[k]
             assert np.count_nonzero(decoded[k]) <= max(1, int(np.ceil(0.01 * BIG[k].size)))
-    residual = load_residual(state, f"{EF_STATE_KEY}/control")
-    assert EF_STATE_KEY not in state.array_records  # the model's residual is its own
+    residual = ErrorFeedback(state).get(f"{EF_STATE_KEY}/control")
+    assert set(residual) == set(BIG)
+    assert set(ErrorFeedback(state).get()) == set(MODEL)  # the model's residual is its own
     for k in BIG:
         np.testing.assert_allclose(total_out[k] + residual[k], total_in[k], atol=1e-4)
 
 
 def test_a_corrupted_encoded_extra_record_is_rejected_as_codec():
-    from fedpers.compression import encode_extra_record
-
     control = {k: np.ones_like(v) for k, v in BIG.items()}
-    record = encode_extra_record(_cfg("q8", False), "control", control,
-                                 np.random.default_rng(0), RecordDict())
+    record = _encode_control(_cfg("q8", False), control, RecordDict())
     arrays = {k: a.numpy() for k, a in record.items()}
     key = next(k for k, v in arrays.items() if v.dtype == np.uint8)
     arrays[key] = arrays[key][:-7]  # truncated
