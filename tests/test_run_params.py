@@ -7,7 +7,7 @@ import pytest
 
 from fedpers.config import parse_run_config
 from fedpers.run_params import APPLIES, BOOKKEEPING_KEYS, applicable_params, bookkeeping_tags
-from fedpers.server_app import RejectReasons
+from fedpers.server_loop import RejectReasons
 from fedpers.tracking import Tracker
 from fedpers.tracking_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ensure_experiment
 
@@ -72,9 +72,11 @@ def test_rejection_reasons_are_logged_from_their_first_occurrence():
     assert reasons.metrics({"norm": 2, "shape": 0}) == {"clients/rejected_norm": 2.0}
     # then every round, zeros included, so the latest value is the last round's
     assert reasons.metrics(zero) == {"clients/rejected_norm": 0.0}
+    # a resumed run knows the reasons seen so far from the checkpoint's state
     resumed = RejectReasons()
-    resumed.restore(["clients/rejected_norm", "clients/rejected", "eval/global_accuracy"])
+    resumed.load_state_dict(reasons.state_dict())
     assert resumed.metrics(zero) == {"clients/rejected_norm": 0.0}
+    assert RejectReasons().metrics(zero) == {}
 
 
 def test_experiments_carry_the_model_training_kind(tracking_uri):
