@@ -19,8 +19,8 @@ al., arXiv 1901.09847): with ``d_t = u_t + e_{t-1}`` and ``e_t = d_t - C(d_t)``,
 the sum of what was sent plus the final residual equals the sum of the updates
 (telescoping), so nothing is lost, only delayed.
 
-Pure numpy, no Flower: ``fedpers.compression`` stores residuals in the client's
-Context state.
+Pure numpy, no Flower: ``fedpers.client_pipeline.ErrorFeedback`` keeps residuals in
+the client's Context state.
 """
 
 from __future__ import annotations
