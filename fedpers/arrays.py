@@ -1,5 +1,5 @@
 """Numpy arrays to and from Flower ``Array`` objects, byte for byte as Flower does it,
-without its per-array costs (issue 9).
+without its per-array costs.
 
 ``Array(ndarray)`` serialises with ``np.save`` and ``Array.numpy()`` reads back with
 ``np.load``, which builds and parses (``ast.literal_eval``) the ``.npy`` header of

@@ -1,4 +1,4 @@
-"""Server-side Flower glue of the codecs (issue 6): compressed broadcast, upload metrics.
+"""Server-side Flower glue of the codecs: compressed broadcast, upload metrics.
 
 The codecs themselves (``fedpers.codecs``) are pure numpy. The client's side (the
 upload codec with its error-feedback residual in the Context state, the extra reply

@@ -1,4 +1,4 @@
-"""Short garbage collections in long-lived FL processes (issue 9).
+"""Short garbage collections in long-lived FL processes.
 
 A process that has imported torch, Flower, Ray and MLflow tracks millions of objects,
 and each of Python's automatic full (generation 2) collections walks them all: 0.2-0.3

@@ -1,4 +1,4 @@
-"""Virtual clients: a few simulated SuperNodes serve many clients in turn (issue 9).
+"""Virtual clients: a few simulated SuperNodes serve many clients in turn.
 
 Flower's Simulation Engine polls every registered node and scans every stored
 message under a lock (benchmarks/overhead/README.md, "Suspects" 1 and 6), so a run

@@ -17,6 +17,7 @@ find what it looks for.
 from __future__ import annotations
 
 import ast
+import re
 import textwrap
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -351,3 +352,30 @@ def test_every_import_form_closes_a_circle(tmp_path, statement):
                       "pkg/b.py": f"def f():\n    {statement}\n"})
     assert strongly_connected(import_graph(tmp_path, ["pkg"])) == [
         frozenset({"pkg.a", "pkg.b"})]
+
+
+#: a history comment: "issue 8", "issues 6 and 9", "(#12)" next to "issue"
+_HISTORY = re.compile(r"\bissues?\s+#?\d+", re.IGNORECASE)
+
+
+def history_comments(root: Path, packages: Iterable[str]) -> list[str]:
+    """``path:line: text`` of every line that cites an issue number (the code should say
+    what it does and why, not which ticket brought it)."""
+    found = []
+    for path in sorted(module_files(root, packages).values()):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if _HISTORY.search(line):
+                found.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    return found
+
+
+def test_no_issue_numbers_in_the_code():
+    assert history_comments(ROOT, PACKAGES) == []
+
+
+def test_the_issue_number_check_finds_one(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('"""Clipping (issue 8)."""\n')
+    (pkg / "ok.py").write_text("# the tissue 3 model is fine\nx = 1  # reissue 5\n")
+    assert history_comments(tmp_path, ["pkg"]) == ['pkg/__init__.py:1: """Clipping (issue 8)."""']
