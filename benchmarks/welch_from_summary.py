@@ -249,9 +249,21 @@ def welch_rows(report_dir: Path, name: str) -> list[dict[str, str]]:
     return rows
 
 
+#: Benchmarks rerun in part since: their earlier full sweep's report (summary.csv,
+#: reference.csv, welch.csv) is kept in this subfolder of ``report/``, beside the rerun.
+EARLIER = {"personalization": "earlier-3-seeds"}
+
+
+def report_dir_of(name: str, benchmarks_dir: Path = BENCHMARKS_DIR) -> Path:
+    """The folder whose ``summary.csv`` the Welch rows of benchmark ``name`` come from."""
+    report = benchmarks_dir / name / "report"
+    return report / EARLIER[name] if name in EARLIER else report
+
+
 def write_welch(name: str, benchmarks_dir: Path = BENCHMARKS_DIR) -> Path:
-    """Write ``benchmarks/NAME/report/welch.csv`` and return its path."""
-    report_dir = benchmarks_dir / name / "report"
+    """Write ``welch.csv`` beside the benchmark's summary (:func:`report_dir_of`) and
+    return its path."""
+    report_dir = report_dir_of(name, benchmarks_dir)
     rows = welch_rows(report_dir, name)
     path = report_dir / "welch.csv"
     with path.open("w", newline="") as f:

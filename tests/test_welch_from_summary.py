@@ -72,10 +72,10 @@ def test_welch_rows_from_a_summary(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", welch.BENCHMARKS)
 def test_committed_welch_csv_is_what_the_script_writes(name: str) -> None:
-    report = ROOT / "benchmarks" / name / "report"
+    report = welch.report_dir_of(name)
     with (report / "welch.csv").open(newline="") as f:
         committed = list(csv.DictReader(f))
     assert committed == welch.welch_rows(report, name), (
-        f"benchmarks/{name}/report/welch.csv is stale: run "
+        f"{report.relative_to(ROOT)}/welch.csv is stale: run "
         f".venv/bin/python benchmarks/welch_from_summary.py {name}"
     )
