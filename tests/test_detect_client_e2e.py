@@ -23,7 +23,10 @@ from fedpers.training import train_local
 
 pytestmark = pytest.mark.slow
 
-CLIENT = 1
+# the device scored: at seed 42 some of its held-out rows fall between its own threshold
+# and the server's, so the test can tell which one was used (client 1 had none after
+# the seed derivation changed)
+CLIENT = 0
 
 
 @pytest.fixture(scope="module")
