@@ -35,7 +35,18 @@ def _no_stop_left():
 
 
 # ------------------------------------------------------------------ the stop request
-def test_first_signal_requests_a_stop_and_handlers_come_back():
+@pytest.fixture
+def default_handlers():
+    """SIGINT and SIGTERM at their defaults, whatever this process inherited (a job
+    started in the background by a shell ignores SIGINT, and the guard keeps an ignored
+    signal ignored), then put back."""
+    inherited = {s: signal.signal(s, signal.SIG_DFL) for s in interrupt.SIGNALS}
+    yield
+    for s, handler in inherited.items():
+        signal.signal(s, handler)
+
+
+def test_first_signal_requests_a_stop_and_handlers_come_back(default_handlers):
     before = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
     with SignalGuard() as guard:
         assert all(signal.getsignal(s) == guard._handle for s in interrupt.SIGNALS)
