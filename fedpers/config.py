@@ -32,9 +32,6 @@ from fedpers.config_values import (
     unit_interval,
     unit_open,
 )
-from fedpers.config_values import (
-    momentum as momentum_rule,
-)
 from fedpers.errors import ConfigError
 
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
@@ -168,7 +165,7 @@ class RunConfig:
                                doc="server step size of scaffold, fednova, fedavgm, fedadam, "
                                    "fedyogi (0 = the strategy's default: 1.0; fedadam 0.1, "
                                    "fedyogi 0.01)")
-    server_momentum: float = run_key("server-momentum", 0.9, momentum_rule,
+    server_momentum: float = run_key("server-momentum", 0.9, unit_open,
                                      doc="fedavgm: server momentum; fedadam, fedyogi: beta_1")
     straggler_fraction: float = run_key("straggler-fraction", 0.0, unit_interval,
                                         doc="share of clients that are stragglers (which ones: "

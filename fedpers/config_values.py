@@ -41,9 +41,6 @@ def unit_open(v: Any) -> str | None:
     return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
 
 
-def momentum(v: Any) -> str | None:
-    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
-
 
 def half_open(v: Any) -> str | None:
     return None if 0.0 <= v < 0.5 else "must be in [0, 0.5)"
@@ -106,7 +103,6 @@ RULES: dict[Callable[[Any], str | None], str] = {
     open_fraction: "in (0, 1)",
     unit_interval: "in [0, 1]",
     unit_open: "in [0, 1)",
-    momentum: "in [0, 1)",
     half_open: "in [0, 0.5)",
     percentile: "in (0, 100)",
     qsgd_levels: "an integer in 1..32767",
