@@ -260,7 +260,8 @@ def resume_config(tracking_uri: str, run_id: str) -> RunConfig:
     :class:`CheckpointError` for a finished run or one without a checkpoint.
     """
     from fedpers.config import parse_run_config
-    from fedpers.tracking import Tracker, TrackingError, resolve_tracking_uri
+    from fedpers.tracking import Tracker
+    from fedpers.tracking_store import TrackingError, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     client = Tracker.connect(uri)

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from fedpers import console, engine, interrupt
 from fedpers.config import RunConfig
-from fedpers.tracking import Tracker, resolve_tracking_uri
+from fedpers.tracking import Tracker
+from fedpers.tracking_store import resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
