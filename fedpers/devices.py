@@ -57,14 +57,12 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from fedpers.registry import Params
 from fedpers.seeds import Stream, derive_seed
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
 
 # Keys a SuperNode may set in its node config (and sends in its handshake reply).
 PROFILE_KEYS = ("compute-sps", "up-bps", "down-bps", "availability", "dropout")
@@ -325,22 +323,55 @@ def _draw(seed: int, tag: Stream, server_round: int, partition_id: int) -> float
                                                    partition_id)).random())
 
 
-def build_clock(cfg: RunConfig) -> Clock | None:
+@dataclass(frozen=True)
+class DeviceParams(Params):
+    """The run-config keys of the simulated clock (``fedpers keys``, group Selection and
+    devices).
+
+    Attributes
+    ----------
+    device_profile : str
+        ``device-profile``: none, lognormal or trace.
+    device_trace : str
+        ``device-trace``: the CSV of per-client profiles (trace).
+    device_availability : float
+        ``device-availability``: mean chance a client is online (lognormal).
+    device_dropout : float
+        ``device-dropout``: chance a client drops out mid-round.
+    round_deadline : float
+        ``round-deadline``: simulated seconds per round (0 = none).
+    num_clients : int
+        ``num-clients``: clients to draw or read a profile for.
+    seed : int
+        ``seed``: of the profiles, availability and dropouts.
+    """
+
+    device_profile: str
+    device_trace: str
+    device_availability: float
+    device_dropout: float
+    round_deadline: float
+    num_clients: int
+    seed: int
+
+
+def build_clock(params: DeviceParams) -> Clock | None:
     """The run's clock, or ``None`` for ``device-profile = "none"``."""
-    if cfg.device_profile == "none":
+    if params.device_profile == "none":
         return None
-    if cfg.device_profile == "trace":
-        profiles = load_trace(cfg.device_trace, cfg.num_clients, cfg.device_dropout)
+    if params.device_profile == "trace":
+        profiles = load_trace(params.device_trace, params.num_clients, params.device_dropout)
     else:
-        profiles = lognormal_profiles(cfg.num_clients, cfg.seed, cfg.device_availability,
-                                      cfg.device_dropout)
-    return Clock(profiles, cfg.seed, cfg.round_deadline)
+        profiles = lognormal_profiles(params.num_clients, params.seed,
+                                      params.device_availability, params.device_dropout)
+    return Clock(profiles, params.seed, params.round_deadline)
 
 
 __all__ = [
     "Clock",
     "ClientTime",
     "DeviceError",
+    "DeviceParams",
     "DeviceProfile",
     "MAX_STEPS",
     "PROFILE_KEYS",

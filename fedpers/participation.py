@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedpers.byte_count import Sizer, content_bytes
-from fedpers.devices import MAX_STEPS, RoundTiming, build_clock, samples_processed
+from fedpers.devices import (
+    MAX_STEPS,
+    DeviceParams,
+    RoundTiming,
+    build_clock,
+    samples_processed,
+)
 from fedpers.selection import ClientStats, jain_index
 
 if TYPE_CHECKING:
@@ -47,7 +53,7 @@ class Participation:
         uncompressed model and the strategy's extra records)."""
         self.cfg = cfg
         self.roster = roster
-        self.clock = build_clock(cfg)
+        self.clock = build_clock(DeviceParams.from_config(cfg))
         self.stats = ClientStats()
         self.fallback_bytes = fallback_bytes
         self.partial_work = partial_work and self.clock is not None and cfg.round_deadline > 0

@@ -106,18 +106,18 @@ def _check_builders(cfg: RunConfig) -> None:
     """Build the strategy, selector, privacy layer, aggregator and clock as the server
     does; a ValueError (a bad value or file) becomes a ConfigError naming the key."""
     from fedpers.aggregation import build_aggregator
-    from fedpers.devices import build_clock
+    from fedpers.devices import DeviceParams, build_clock
     from fedpers.privacy import build_privacy
     from fedpers.selection import build_selector
-    from strategies import STRATEGIES
+    from strategies import build_strategy
 
     steps: list[tuple[str, Any]] = [
-        ("strategy", lambda: STRATEGIES.build(cfg.strategy, cfg)),
+        ("strategy", lambda: build_strategy(cfg)),
         ("selection", lambda: build_selector(cfg)),
         ("dp", lambda: build_privacy(cfg)),
         ("aggregation", lambda: build_aggregator(cfg)),
         ("device-trace" if cfg.device_profile == "trace" else "device-profile",
-         lambda: build_clock(cfg)),
+         lambda: build_clock(DeviceParams.from_config(cfg))),
     ]
     for key, build in steps:
         try:

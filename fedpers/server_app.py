@@ -23,7 +23,7 @@ from fedpers.run_params import applicable_params, bookkeeping_tags
 from fedpers.server_grid import SIMULATION_PULL_INTERVAL, tune_simulation_grid, virtual_grid
 from fedpers.server_loop import MAX_FAILED_ROUNDS, Experiment, RoundLog
 from fedpers.tracking import Tracker
-from fedpers.virtual import remove_states
+from fedpers.virtual import VirtualNodeParams, remove_states
 
 logger = logging.getLogger("fedpers")
 
@@ -55,12 +55,12 @@ def main(grid: Grid, context: Context) -> None:
             # run is recorded is a tag; config.json keeps every key
             tracker.log_params(applicable_params(cfg))
             tracker.set_tags({"fedpers.config_digest": cfg.digest(), **bookkeeping_tags(cfg)})
+        grid = virtual_grid(VirtualNodeParams.from_config(cfg), grid, tracker.run_id)
+        experiment = Experiment(cfg, grid, tracker, resume=resume)
         # numpy's BLAS threads spin for a while after each call (the update norms'
         # dot products): on the Simulation Engine that took ~10% of a core from the
         # clients' training (benchmarks/overhead/README.md); the server's vectors are
         # small, one thread loses nothing, and the sums no longer depend on the core count
-        experiment = Experiment(cfg, virtual_grid(cfg, grid, tracker.run_id), tracker,
-                                resume=resume)
         # ... and the rounds' full garbage collections skip what lives for the whole run
         # (0.3 s every few rounds otherwise, fedpers.heap)
         with threadpool_limits(limits=1, user_api="blas"), frozen_heap():

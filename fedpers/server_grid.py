@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flwr.serverapp import Grid
 
@@ -13,10 +13,7 @@ from fedpers import engine
 from fedpers.errors import ConfigError
 from fedpers.grid_view import GridView
 from fedpers.interrupt import check, wait_for_stop
-from fedpers.virtual import VirtualGrid
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from fedpers.virtual import VirtualGrid, VirtualNodeParams
 
 #: seconds between the Simulation Engine grid's pulls for replies (Flower's default 0.1 s
 #: is dead time at the end of every call, benchmarks/overhead/README.md)
@@ -65,15 +62,15 @@ def tune_simulation_grid(grid: Grid) -> Grid:
     return grid
 
 
-def virtual_grid(cfg: RunConfig, grid: Grid, run_id: str) -> Grid:
+def virtual_grid(params: VirtualNodeParams, grid: Grid, run_id: str) -> Grid:
     """The grid the round loop uses: with ``virtual-nodes``, a :class:`VirtualGrid`
     (``fedpers.virtual``) over the Simulation Engine's few SuperNodes."""
-    if not cfg.virtual_nodes:
+    if not params.virtual_nodes:
         return grid
     base = grid.inner if isinstance(grid, StoppableGrid) else grid
     if not engine.is_simulation_grid(base):
-        raise ConfigError(f"run-config key 'virtual-nodes' = {cfg.virtual_nodes} works on "
+        raise ConfigError(f"run-config key 'virtual-nodes' = {params.virtual_nodes} works on "
                           f"the Simulation Engine only (this ServerApp runs on a "
                           f"{type(base).__name__}); in deployment each SuperNode is one "
                           f"client: set virtual-nodes = 0")
-    return VirtualGrid(grid, cfg.num_clients, run_id, cfg.clients_per_call)
+    return VirtualGrid(grid, params.num_clients, run_id, params.clients_per_call)

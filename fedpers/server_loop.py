@@ -33,7 +33,7 @@ from fedpers import client_state
 from fedpers import server_checkpoint as checkpointing
 from fedpers.arrays import to_array_record
 from fedpers.byte_count import ByteCounter, ReplySizes, content_bytes, messages_bytes
-from fedpers.checkpoint import Checkpoint, CheckpointStore
+from fedpers.checkpoint import Checkpoint, CheckpointParams, CheckpointStore
 from fedpers.codecs import build_codec
 from fedpers.compression import encode_broadcast
 from fedpers.config import RunConfig, clients_per_round
@@ -53,7 +53,7 @@ from fedpers.state import require_state_protocol
 from fedpers.tracking import Tracker
 from fedpers.training import resolve_device
 from fedpers.virtual import VirtualGrid, virtual_roster_entries
-from strategies import STRATEGIES
+from strategies import STRATEGIES, build_strategy
 
 logger = logging.getLogger("fedpers")
 
@@ -121,7 +121,8 @@ class Experiment:
         self.fed: FederatedData = load_federated(DataSpec.from_config(cfg))
         self.device = resolve_device(cfg.device)
         spec = STRATEGIES[cfg.strategy]
-        self.strategy = spec.build(cfg)
+        self.strategy = build_strategy(cfg)
+        self.checkpoint_params = CheckpointParams.from_config(cfg)
         self.extra_records = spec.extra_records
         self.robust = RobustLayer(cfg, spec.normalises_steps)
         self.privacy = build_privacy(cfg)
@@ -277,7 +278,7 @@ class Experiment:
             check(f"before round {rnd}")
             self._round(rnd, logged)
         log_artifacts(self)
-        if cfg.checkpoint_every or self.resume is not None:
+        if self.checkpoint_params.checkpoint_every or self.resume is not None:
             checkpointing.client_states(self, client_state.DROP, self.roster.partitions(),
                                         lambda p: {})
         if self.aggregated == 0:
@@ -326,8 +327,7 @@ class Experiment:
                 + (f"fix the clients, then resume it from its checkpoint of round "
                    f"{self.saved_round}: fedpers run --resume {self.tracker.run_id})"
                    if self.saved_round else "and has no checkpoint to resume from)"))
-        if cfg.checkpoint_every and rnd % cfg.checkpoint_every == 0 \
-                and rnd < cfg.num_server_rounds:
+        if self.checkpoint_params.due(rnd):
             check(f"before the checkpoint of round {rnd}")
             checkpointing.save_checkpoint(self, rnd)
 

@@ -47,6 +47,7 @@ happen).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import shutil
@@ -61,6 +62,7 @@ from flwr.serverapp import Grid
 from fedpers import client_state
 from fedpers.engine import CLIENT_APP_EXCEPTION, message_with_metadata, set_reply_origin
 from fedpers.grid_view import GridView
+from fedpers.registry import Params
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +234,25 @@ def load_state(path: Path) -> RecordDict:
 
 
 # ------------------------------------------------------------------ server
+@dataclasses.dataclass(frozen=True)
+class VirtualNodeParams(Params):
+    """The run-config keys of virtual nodes (``fedpers keys``, group Simulation).
+
+    Attributes
+    ----------
+    virtual_nodes : int
+        ``virtual-nodes``: real SuperNodes that serve the clients (0 = one per client).
+    clients_per_call : int
+        ``clients-per-call``: clients packed into one message.
+    num_clients : int
+        ``num-clients``: the clients (virtual nodes) the grid shows.
+    """
+
+    virtual_nodes: int
+    clients_per_call: int
+    num_clients: int
+
+
 class VirtualGrid(GridView):
     """A Grid whose nodes are the clients (virtual node ids); each call's messages are
     dealt over the real SuperNodes.

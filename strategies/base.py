@@ -4,20 +4,50 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from fedpers.registry import Params
 
 # fedpers does client selection itself (seeded, see fedpers.selection) and hands the
 # strategy a grid that shows only the selected nodes, so every strategy is built to
 # take all nodes it is shown.
 TAKE_ALL: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": 1,
             "min_evaluate_nodes": 1, "min_available_nodes": 1}
+
+
+@dataclass(frozen=True)
+class StrategyParams(Params):
+    """The run-config keys the server halves read (``fedpers keys``, group Strategy).
+
+    Attributes
+    ----------
+    strategy : str
+        ``strategy``: the strategy's name.
+    proximal_mu : float
+        ``proximal-mu``: FedProx's proximal weight.
+    server_lr : float
+        ``server-lr``: the server step size (0 = the strategy's default).
+    server_momentum : float
+        ``server-momentum``: FedAvgM's momentum, FedAdam's and FedYogi's beta_1.
+    lr : float
+        ``lr``: the clients' learning rate (FedAdam's and FedYogi's ``eta_l``).
+    momentum : float
+        ``momentum``: the clients' SGD momentum (FedNova's step normalisation).
+    num_clients : int
+        ``num-clients``: all clients (SCAFFOLD's control-variate average).
+    """
+
+    strategy: str
+    proximal_mu: float
+    server_lr: float
+    server_momentum: float
+    lr: float
+    momentum: float
+    num_clients: int
 
 
 @dataclass(frozen=True)
@@ -37,13 +67,16 @@ class StrategySpec:
     ``state_dict()`` / ``load_state_dict()`` (:class:`StrategyState`), or it is
     declared stateless (:class:`Stateless`); ``fedpers.state`` checks one or the other.
 
+    ``build`` receives the strategy's own keys (:class:`StrategyParams`), never the
+    whole run config.
+
     ``normalises_steps``: the strategy divides each client's update by its effective
     local steps (the reply's ``steps`` metric, FedNova). Robust aggregation
     (``fedpers.robust``) then acts on the normalised updates and hands the strategy
     one common step count.
     """
 
-    build: Callable[[RunConfig], Strategy]
+    build: Callable[[StrategyParams], Strategy]
     local_update: str = "sgd"  # key in clients.LOCAL_UPDATES
     paper: str = ""
     extra_records: tuple[str, ...] = ()

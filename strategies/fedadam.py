@@ -9,14 +9,9 @@ Clients run plain local SGD.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from flwr.serverapp.strategy import FedAdam
 
-from strategies.base import TAKE_ALL, SharedPart, StrategySpec, StrategyState
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from strategies.base import TAKE_ALL, SharedPart, StrategyParams, StrategySpec, StrategyState
 
 DEFAULT_SERVER_LR = 0.1  # Flower's FedAdam eta
 
@@ -27,9 +22,9 @@ class SharedFedAdam(StrategyState, SharedPart, FedAdam):
     state_attrs = ("current_arrays", "m_t", "v_t")  # Flower's FedOpt / FedAdam names
 
 
-def build(cfg: RunConfig) -> FedAdam:
-    return SharedFedAdam(**TAKE_ALL, eta=cfg.server_lr or DEFAULT_SERVER_LR, eta_l=cfg.lr,
-                         beta_1=cfg.server_momentum)
+def build(params: StrategyParams) -> FedAdam:
+    return SharedFedAdam(**TAKE_ALL, eta=params.server_lr or DEFAULT_SERVER_LR, eta_l=params.lr,
+                         beta_1=params.server_momentum)
 
 
 FEDADAM = StrategySpec(build=build, local_update="sgd", paper="arXiv 2003.00295")

@@ -6,21 +6,16 @@ half is plain local SGD (``clients/sgd.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.base import TAKE_ALL, Stateless, StrategySpec
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from strategies.base import TAKE_ALL, Stateless, StrategyParams, StrategySpec
 
 
 class PlainFedAvg(Stateless, FedAvg):
     """Flower's FedAvg; it keeps nothing between rounds."""
 
 
-def build(cfg: RunConfig) -> FedAvg:
+def build(params: StrategyParams) -> FedAvg:
     return PlainFedAvg(**TAKE_ALL)
 
 

@@ -10,16 +10,12 @@ size (0 = 1.0), ``server-momentum`` the momentum. Clients run plain local SGD.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM
 
-from strategies.base import TAKE_ALL, SharedPart, StrategySpec, StrategyState
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from strategies.base import TAKE_ALL, SharedPart, StrategyParams, StrategySpec, StrategyState
 
 DEFAULT_SERVER_LR = 1.0  # Flower's FedAvgM server_learning_rate
 
@@ -35,9 +31,9 @@ class SharedFedAvgM(StrategyState, SharedPart, FedAvgM):
         return super().configure_train(server_round, arrays, config, grid)
 
 
-def build(cfg: RunConfig) -> FedAvgM:
-    return SharedFedAvgM(**TAKE_ALL, server_learning_rate=cfg.server_lr or DEFAULT_SERVER_LR,
-                         server_momentum=cfg.server_momentum)
+def build(params: StrategyParams) -> FedAvgM:
+    return SharedFedAvgM(**TAKE_ALL, server_learning_rate=params.server_lr or DEFAULT_SERVER_LR,
+                         server_momentum=params.server_momentum)
 
 
 FEDAVGM = StrategySpec(build=build, local_update="sgd", paper="arXiv 1909.06335")

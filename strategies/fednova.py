@@ -19,7 +19,6 @@ run plain local SGD; nothing extra crosses the wire.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -29,10 +28,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.engine import AggregationError
 from fedpers.training import effective_steps
-from strategies.base import TAKE_ALL, StrategySpec, StrategyState
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from strategies.base import TAKE_ALL, StrategyParams, StrategySpec, StrategyState
 
 STEPS_KEY = "steps"
 DEFAULT_SERVER_LR = 1.0
@@ -97,9 +93,9 @@ class FedNova(StrategyState, FedAvg):
         return to_array_record(out), metrics
 
 
-def build(cfg: RunConfig) -> FedNova:
-    return FedNova(**TAKE_ALL, momentum=cfg.momentum,
-                   server_lr=cfg.server_lr or DEFAULT_SERVER_LR)
+def build(params: StrategyParams) -> FedNova:
+    return FedNova(**TAKE_ALL, momentum=params.momentum,
+                   server_lr=params.server_lr or DEFAULT_SERVER_LR)
 
 
 FEDNOVA = StrategySpec(build=build, local_update="sgd", paper="arXiv 2007.07481",

@@ -12,22 +12,17 @@ like any other update, as the paper prescribes; under a round deadline
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from flwr.serverapp.strategy import FedProx
 
-from strategies.base import TAKE_ALL, Stateless, StrategySpec
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from strategies.base import TAKE_ALL, Stateless, StrategyParams, StrategySpec
 
 
 class PlainFedProx(Stateless, FedProx):
     """Flower's FedProx (server half); it keeps nothing between rounds."""
 
 
-def build(cfg: RunConfig) -> FedProx:
-    return PlainFedProx(**TAKE_ALL, proximal_mu=cfg.proximal_mu)
+def build(params: StrategyParams) -> FedProx:
+    return PlainFedProx(**TAKE_ALL, proximal_mu=params.proximal_mu)
 
 
 FEDPROX = StrategySpec(build=build, local_update="proximal", paper="arXiv 1812.06127",

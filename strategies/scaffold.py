@@ -19,7 +19,6 @@ counts it like any other content.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -27,10 +26,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedpers.arrays import record_to_numpy, to_array_record
-from strategies.base import TAKE_ALL, StrategySpec, StrategyState
-
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
+from strategies.base import TAKE_ALL, StrategyParams, StrategySpec, StrategyState
 
 CONTROL = "control"  # same name as in clients/scaffold.py
 DEFAULT_SERVER_LR = 1.0
@@ -92,9 +88,9 @@ class Scaffold(StrategyState, FedAvg):
         return to_array_record(new_x), metrics
 
 
-def build(cfg: RunConfig) -> Scaffold:
-    return Scaffold(**TAKE_ALL, num_clients=cfg.num_clients,
-                    server_lr=cfg.server_lr or DEFAULT_SERVER_LR)
+def build(params: StrategyParams) -> Scaffold:
+    return Scaffold(**TAKE_ALL, num_clients=params.num_clients,
+                    server_lr=params.server_lr or DEFAULT_SERVER_LR)
 
 
 SCAFFOLD = StrategySpec(build=build, local_update="scaffold", paper="arXiv 1910.06378",

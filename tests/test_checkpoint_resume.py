@@ -44,7 +44,7 @@ from fedpers.config import parse_run_config
 from fedpers.state import is_stateless, require_state_protocol
 from fedpers.tracking import Tracker
 from fedpers.tracking_store import TrackingError
-from strategies import STRATEGIES
+from strategies import STRATEGIES, StrategyParams
 
 
 # ------------------------------------------------------------------ file format
@@ -87,7 +87,7 @@ def _all_state_attrs_filled(name: str):
     """A strategy of each kind after one aggregation-like step of state."""
     cfg = parse_run_config({"strategy": name, "num-clients": 3})
     spec = STRATEGIES[name]
-    strat = spec.build(cfg)
+    strat = spec.build(StrategyParams.from_config(cfg))
     rng = np.random.default_rng(0)
     for attr in strat.state_attrs:
         current = getattr(strat, attr)
@@ -185,10 +185,10 @@ def test_restored_scaffold_steps_exactly_like_the_original():
 
     spec = STRATEGIES["scaffold"]
     cfg = parse_run_config({"strategy": "scaffold", "num-clients": 4})
-    strat = spec.build(cfg)
+    strat = spec.build(StrategyParams.from_config(cfg))
     strat.control = {"w": np.array([1.0, -2.0], dtype=np.float32)}
     strat.current = {"w": np.array([0.5, 0.5], dtype=np.float32)}
-    resumed = spec.build(cfg)
+    resumed = spec.build(StrategyParams.from_config(cfg))
     resumed.load_state_dict(_through_a_file(strat.state_dict()))
 
     def reply(y, dc, n):

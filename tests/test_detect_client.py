@@ -21,7 +21,7 @@ from fedpers.data import TASKS, DataSpec, load_federated
 from fedpers.detect import Detector
 from fedpers.detect_files import DetectError
 from fedpers.training import anomaly_scores
-from strategies import STRATEGIES
+from strategies import STRATEGIES, StrategyParams
 
 CFG = {"task": "shuttle-ad", "num-clients": 3, "partition": "iid",
        "max-samples-per-client": 300, "batch-size": 32, "personalization": "finetune",
@@ -134,8 +134,8 @@ def test_every_personaliser_keeps_the_model_it_evaluates_with(name, tmp_path):
     cfg = client_config(ctx)
     arrays = {k: v.numpy().copy() for k, v in _model(0).state_dict().items()}
     record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    (msg,) = STRATEGIES[cfg.strategy].build(cfg).configure_train(1, record, ConfigRecord(),
-                                                                 _OneNode())
+    strategy = STRATEGIES[cfg.strategy].build(StrategyParams.from_config(cfg))
+    (msg,) = strategy.configure_train(1, record, ConfigRecord(), _OneNode())
     train(msg, ctx)
     reply = _evaluate(ctx, arrays, rnd=1)
     det = Detector.from_run(RUN, client=1, model_dir=str(tmp_path))

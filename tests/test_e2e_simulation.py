@@ -133,13 +133,13 @@ def test_mid_round_dropouts_are_counted_and_a_round_below_the_minimum_is_skipped
     """Devices that drop out mid-round (seeded draws of the simulated clock) never
     deliver; a round left with fewer than min-train-clients updates is skipped (the
     global model stays as it was) and the run goes on."""
-    from fedpers.devices import build_clock
+    from fedpers.devices import DeviceParams, build_clock
 
     cfg = parse_run_config({**BASE, "num-clients": 6, "num-server-rounds": 4,
                             "fraction-train": 1.0, "local-epochs": 1,
                             "device-profile": "lognormal", "device-dropout": 0.5,
                             "min-train-clients": 3, "seed": 1, "tracking-uri": tracking_uri})
-    clock = build_clock(cfg)
+    clock = build_clock(DeviceParams.from_config(cfg))
     rounds = range(1, 5)
     dropped = [sum(clock.drops_out(r, p) for p in range(6)) for r in rounds]
     skipped = [r for r, d in zip(rounds, dropped, strict=True) if 6 - d < 3]

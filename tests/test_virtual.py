@@ -29,6 +29,7 @@ from fedpers.virtual import (
     RECORD,
     VIRTUAL_NODE_BASE,
     VirtualGrid,
+    VirtualNodeParams,
     pack,
     remove_states,
     state_dir,
@@ -77,9 +78,10 @@ def test_deployment_grid_is_refused():
         pass
 
     with pytest.raises(ConfigError, match="Simulation Engine only.*GrpcGrid"):
-        virtual_grid(cfg, GrpcGrid(), "run1")
+        virtual_grid(VirtualNodeParams.from_config(cfg), GrpcGrid(), "run1")
     plain = GrpcGrid()
-    assert virtual_grid(cfg.replace(**{"virtual-nodes": 0}), plain, "run1") is plain
+    assert virtual_grid(VirtualNodeParams.from_config(cfg.replace(**{"virtual-nodes": 0})),
+                        plain, "run1") is plain
 
 
 # ------------------------------------------------------------------ client mod

@@ -14,7 +14,7 @@ from fedpers.codecs import build_codec
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS
 from fedpers.screening import check_train_reply
-from strategies import STRATEGIES
+from strategies import STRATEGIES, StrategyParams
 
 NODE = 5
 
@@ -38,7 +38,7 @@ def _update(overrides: dict, personalization: str = "none") -> dict[str, np.ndar
     torch.manual_seed(0)
     model = TASKS["digits"].build_model((64,), 10)
     x0 = {k: v.numpy().copy() for k, v in model.state_dict().items()}
-    (msg,) = STRATEGIES[cfg.strategy].build(cfg).configure_train(
+    (msg,) = STRATEGIES[cfg.strategy].build(StrategyParams.from_config(cfg)).configure_train(
         1, ArrayRecord({k: Array(v) for k, v in x0.items()}), ConfigRecord(), _Grid())
     ctx = Context(run_id=1, node_id=NODE, state=RecordDict(), run_config=cfg.to_dict(),
                   node_config={"partition-id": pid, "num-partitions": 2})

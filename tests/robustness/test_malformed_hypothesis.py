@@ -31,7 +31,7 @@ from fedpers.screening import (
     consistent_key_sets,
     screen_train_reply,
 )
-from strategies import STRATEGIES
+from strategies import STRATEGIES, StrategyParams
 
 REF = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
        "b": np.full(4, 0.5, np.float32), "n": np.array(3, np.int64)}
@@ -200,7 +200,7 @@ def _pipeline(replies: list[tuple[int, Message]], aggregation: str, codec=NONE):
     valid = sorted(((c, m) for c, m in checked if id(c) in kept),
                    key=lambda cm: cm[0].partition_id)
     outcome = RobustLayer(cfg).apply([c for c, _ in valid], REF)
-    strategy = STRATEGIES["fedavg"].build(cfg)
+    strategy = STRATEGIES["fedavg"].build(StrategyParams.from_config(cfg))
     arrays, _ = strategy.aggregate_train(1, [clean_reply(valid[i][1], c)
                                              for i, c in outcome.passed])
     return record_to_numpy(arrays), reasons

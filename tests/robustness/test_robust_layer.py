@@ -11,7 +11,7 @@ from fedpers.arrays import record_to_numpy, to_array_record
 from fedpers.config import parse_run_config
 from fedpers.robust import RobustLayer
 from fedpers.screening import CheckedReply, clean_reply
-from strategies import STRATEGIES
+from strategies import STRATEGIES, StrategyParams
 
 # the global model: two float parameters, one integer buffer, one private parameter
 X = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32),
@@ -42,7 +42,7 @@ def _aggregate(strategy_name, checked, cfg_extra=None, rounds=1):
     """(global after the strategy, the strategy) with the layer of ``cfg_extra``."""
     cfg = parse_run_config({"strategy": strategy_name, "num-clients": 4, **(cfg_extra or {})})
     spec = STRATEGIES[strategy_name]
-    strategy = spec.build(cfg)
+    strategy = spec.build(StrategyParams.from_config(cfg))
     layer = RobustLayer(cfg, spec.normalises_steps)
     msgs = list(strategy.configure_train(1, to_array_record(X), ConfigRecord(), _Grid()))
     outcome = layer.apply(checked, X)

@@ -15,6 +15,7 @@ from fedpers.devices import (
     UP_BPS,
     Clock,
     DeviceError,
+    DeviceParams,
     DeviceProfile,
     build_clock,
     draw_profile,
@@ -130,10 +131,10 @@ def test_lognormal_availability_has_the_configured_mean():
 
 
 def test_build_clock_follows_the_config():
-    assert build_clock(parse_run_config({})) is None
+    assert build_clock(DeviceParams.from_config(parse_run_config({}))) is None
     cfg = parse_run_config({"num-clients": 5, "device-profile": "lognormal",
                             "round-deadline": 3.0, "seed": 9})
-    clock = build_clock(cfg)
+    clock = build_clock(DeviceParams.from_config(cfg))
     assert clock is not None and clock.deadline == 3.0 and sorted(clock.profiles) == [0, 1, 2,
                                                                                      3, 4]
     assert clock.profiles == lognormal_profiles(5, seed=9)

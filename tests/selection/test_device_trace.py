@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedpers.config import parse_run_config
-from fedpers.devices import DeviceError, DeviceProfile, build_clock, load_trace
+from fedpers.devices import DeviceError, DeviceParams, DeviceProfile, build_clock, load_trace
 
 HEADER = "partition-id,compute-sps,up-bps,down-bps,availability"
 
@@ -26,7 +26,7 @@ def test_trace_loads_one_profile_per_client(tmp_path):
     assert load_trace(path, 1) == {0: DeviceProfile(100.0, 2e6, 4e6, 1.0, 0.0)}  # extra rows
     cfg = parse_run_config({"num-clients": 2, "device-profile": "trace",
                             "device-trace": str(path), "device-dropout": 0.05})
-    assert build_clock(cfg).profiles == profiles
+    assert build_clock(DeviceParams.from_config(cfg)).profiles == profiles
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -8,7 +8,7 @@ from conftest import metric_history
 
 from fedpers.config import parse_run_config
 from fedpers.data import DataSpec, load_federated
-from fedpers.devices import build_clock
+from fedpers.devices import DeviceParams, build_clock
 from fedpers.seeds import Stream, derive_seed
 from fedpers.selection import SELECTORS
 from fedpers.simulation import run_simulation
@@ -83,7 +83,7 @@ def test_oort_with_a_deadline_drops_stragglers_and_logs_the_clock(tmp_path):
     assert counts.sum() == m["clients/selected"].sum()
     jain = counts.sum() ** 2 / (6 * np.square(counts).sum())
     assert jain == pytest.approx(m["fairness/jain_selection"][-1])
-    profiles = build_clock(cfg).profiles
+    profiles = build_clock(DeviceParams.from_config(cfg)).profiles
     for r in rows:
         own = profiles[int(r["partition-id"])]
         assert float(r["compute-sps"]) == pytest.approx(own.compute_sps)
@@ -98,7 +98,7 @@ def test_fedprox_does_partial_work_within_the_deadline(tmp_path):
     cfg = parse_run_config({**BASE, "strategy": "fedprox", "selection": "uniform",
                             "tracking-uri": uri})
     # the server's own choices (all clients online), and who could not do full work in time
-    clock = build_clock(cfg)
+    clock = build_clock(DeviceParams.from_config(cfg))
     fed = load_federated(DataSpec.from_config(cfg))
     too_slow = {p for p, c in enumerate(fed.clients)
                 if c.num_train / clock.profiles[p].compute_sps > cfg.round_deadline}

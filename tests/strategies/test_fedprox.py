@@ -19,7 +19,7 @@ from strategy_helpers import (
 from clients import LOCAL_UPDATES
 from clients.proximal import proximal_hook
 from fedpers.config import parse_run_config
-from strategies import STRATEGIES
+from strategies import STRATEGIES, StrategyParams
 
 pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
@@ -77,7 +77,7 @@ def test_the_proximal_update_needs_mu_from_the_server():
 
 def test_server_sends_mu_and_averages_partial_work_like_fedavg():
     cfg = parse_run_config({"strategy": "fedprox", "proximal-mu": 0.1})
-    strategy = STRATEGIES["fedprox"].build(cfg)
+    strategy = STRATEGIES["fedprox"].build(StrategyParams.from_config(cfg))
     x = {"w": np.zeros(2, np.float32)}
     messages = list(strategy.configure_train(1, record(x), ConfigRecord(), FakeGrid([1, 2])))
     assert [m.content["config"]["proximal-mu"] for m in messages] == [0.1, 0.1]

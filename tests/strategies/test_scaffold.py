@@ -22,7 +22,7 @@ from fedpers.byte_count import messages_bytes
 from fedpers.client_app import train
 from fedpers.config import parse_run_config
 from fedpers.data import TASKS
-from strategies import STRATEGIES
+from strategies import STRATEGIES, StrategyParams
 
 pytestmark = pytest.mark.usefixtures("task_identity")  # Messages outside an app
 
@@ -83,7 +83,7 @@ def test_server_update_matches_a_hand_computation():
     #   x+ = x + 0.5 ([3.5, 5] - [1, 2]) = [2.25, 3.5]
     #   c+ = c + (1/4)(Δc_1 + Δc_2) = ([1, 0] + [3, 4]) / 4 = [1, 1]
     cfg = parse_run_config({"strategy": "scaffold", "num-clients": 4, "server-lr": 0.5})
-    strategy = STRATEGIES["scaffold"].build(cfg)
+    strategy = STRATEGIES["scaffold"].build(StrategyParams.from_config(cfg))
     x = {"w": np.array([1.0, 2.0], np.float32), "steps": np.array([0], np.int64)}
     messages = list(strategy.configure_train(1, record(x), ConfigRecord(), FakeGrid([1, 2])))
     sent_c = numpy(messages[0].content[CONTROL])
@@ -109,7 +109,7 @@ def test_the_control_variate_doubles_the_downlink():
                 "b": rng.normal(size=64).astype(np.float32)})
     sizes = {}
     for name in ("fedavg", "scaffold"):
-        strategy = STRATEGIES[name].build(cfg)
+        strategy = STRATEGIES[name].build(StrategyParams.from_config(cfg))
         sizes[name] = messages_bytes(strategy.configure_train(1, x, ConfigRecord(),
                                                               FakeGrid([1, 2, 3])))
     assert 1.95 < sizes["scaffold"] / sizes["fedavg"] < 2.05
