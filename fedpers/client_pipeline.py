@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from fedpers.arrays import record_to_numpy, to_array_record
-from fedpers.attacks import attackers, poison_update
+from fedpers.attacks import AttackParams, attackers, poison_update
 from fedpers.client_records import ContextRecords
 from fedpers.codecs import CODECS, Codec, CodecParams
 from fedpers.codecs.update import decode_weights, encode_update
@@ -114,11 +114,11 @@ class AttackStep:
 
     stateless = True
 
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, params: AttackParams) -> None:
+        self.params = params
 
     def apply(self, upload: Upload, inputs: RoundInputs) -> Upload:
-        shared = poison_update(self.cfg, inputs.partition_id, inputs.server_round,
+        shared = poison_update(self.params, inputs.partition_id, inputs.server_round,
                                upload.shared, inputs.received)
         return Upload(shared, upload.extra, upload.metrics)
 
@@ -209,8 +209,9 @@ class EncodeStep:
 def build_client_pipeline(cfg: RunConfig, partition_id: int) -> list[UploadStep]:
     """The upload steps of client ``partition_id``, in the order they run."""
     steps: list[UploadStep] = []
-    if partition_id in attackers(cfg):
-        steps.append(AttackStep(cfg))
+    attack = AttackParams.from_config(cfg)
+    if partition_id in attackers(attack):
+        steps.append(AttackStep(attack))
     if cfg.dp != "none":
         steps.append(DpClipStep(cfg.dp_clip_norm))
     steps.append(EncodeStep(codec_for(cfg), cfg.error_feedback, cfg.seed))

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedpers.aggregation import Aggregator, build_aggregator, clip_updates, min_clients
-from fedpers.attacks import attackers
+from fedpers.attacks import AttackParams, attackers
 from fedpers.config_checks import clients_per_round
 from fedpers.data import TASKS
 from fedpers.errors import ConfigError
@@ -152,7 +152,7 @@ class RobustLayer:
         self.f = int(cfg.krum_f)
         self.normalises_steps = normalises_steps
         self.active = cfg.aggregation != "mean" or self.clip > 0
-        self.attackers = attackers(cfg)
+        self.attackers = attackers(AttackParams.from_config(cfg))
 
     def apply(self, checked: list[CheckedReply], reference: dict[str, np.ndarray]
               ) -> RobustOutcome:

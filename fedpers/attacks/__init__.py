@@ -12,7 +12,7 @@ before the codec encodes the upload.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +25,6 @@ from fedpers.attacks.sign_flip import SignFlip
 from fedpers.registry import Registry
 from fedpers.seeds import Stream, derive_seed
 
-if TYPE_CHECKING:
-    from fedpers.config import RunConfig
-
 ATTACKS: Registry[type] = Registry("attack", {
     "none": NoAttack,
     "sign-flip": SignFlip,
@@ -37,38 +34,36 @@ ATTACKS: Registry[type] = Registry("attack", {
 })
 
 
-def build_attack(cfg: RunConfig) -> Attack:
-    """The attack named by ``attack``, built from the config's attack keys
-    (:class:`AttackParams`).
+def build_attack(params: AttackParams) -> Attack:
+    """The attack named by ``attack``, built from the attack keys.
 
     Raises
     ------
     ConfigError
         For an unknown name (naming ``attack`` and listing the valid names).
     """
-    params = AttackParams.from_config(cfg)
     attack: Attack = ATTACKS.build(params.attack, params)
     return attack
 
 
-def attackers(cfg: RunConfig) -> frozenset[int]:
+def attackers(params: AttackParams) -> frozenset[int]:
     """Partition ids of the Byzantine clients (empty with ``attack = "none"``)."""
-    count = int(round(cfg.attack_fraction * cfg.num_clients))
-    if cfg.attack == "none" or count == 0:
+    count = int(round(params.attack_fraction * params.num_clients))
+    if params.attack == "none" or count == 0:
         return frozenset()
-    rng = np.random.default_rng(derive_seed(cfg.seed, Stream.ATTACKERS))
-    return frozenset(int(p) for p in rng.permutation(cfg.num_clients)[:count])
+    rng = np.random.default_rng(derive_seed(params.seed, Stream.ATTACKERS))
+    return frozenset(int(p) for p in rng.permutation(params.num_clients)[:count])
 
 
-def poison_labels(cfg: RunConfig, partition_id: int, data: Any, num_classes: int) -> Any:
+def poison_labels(params: AttackParams, partition_id: int, data: Any, num_classes: int) -> Any:
     """``data`` (a ClientData) with poisoned training labels for an attacker."""
-    attack = build_attack(cfg)
-    if not attack.poisons_labels or partition_id not in attackers(cfg):
+    attack = build_attack(params)
+    if not attack.poisons_labels or partition_id not in attackers(params):
         return data
     return replace(data, y_train=attack.labels(data.y_train, num_classes))
 
 
-def poison_update(cfg: RunConfig, partition_id: int, server_round: int,
+def poison_update(params: AttackParams, partition_id: int, server_round: int,
                   shared: dict[str, np.ndarray], received: dict[str, np.ndarray]
                   ) -> dict[str, np.ndarray]:
     """The shared weights an attacker uploads: ``received + attack(shared - received)``.
@@ -76,12 +71,12 @@ def poison_update(cfg: RunConfig, partition_id: int, server_round: int,
     Only floating-point tensors present in ``received`` are attacked; integer
     buffers go as they are. Honest clients get ``shared`` back unchanged.
     """
-    if partition_id not in attackers(cfg):
+    if partition_id not in attackers(params):
         return shared
-    attack = build_attack(cfg)
+    attack = build_attack(params)
     keys = [k for k, v in shared.items() if v.dtype.kind == "f" and k in received]
     update = {k: shared[k].astype(np.float64) - received[k].astype(np.float64) for k in keys}
-    rng = np.random.default_rng(derive_seed(cfg.seed, Stream.ATTACK_DRAWS, server_round,
+    rng = np.random.default_rng(derive_seed(params.seed, Stream.ATTACK_DRAWS, server_round,
                                             partition_id))
     bad = attack.update(update, rng)
     out = dict(shared)

@@ -27,6 +27,10 @@ class AttackParams(Params):
         ``attack``: the attack's name.
     attack_fraction : float
         ``attack-fraction``: share of clients that attack.
+    seed : int
+        ``seed``: which clients attack, and the attacks' random draws.
+    num_clients : int
+        ``num-clients``: all clients (attackers are attack-fraction of them).
     attack_scale : float
         ``attack-scale``: strength s of sign-flip, scale and noise.
     """
@@ -34,6 +38,8 @@ class AttackParams(Params):
     attack: str
     attack_fraction: float
     attack_scale: float
+    seed: int
+    num_clients: int
 
 
 class Attack(Protocol):

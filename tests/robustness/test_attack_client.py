@@ -8,7 +8,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
-from fedpers.attacks import attackers
+from fedpers.attacks import AttackParams, attackers
 from fedpers.client_app import train
 from fedpers.codecs import build_codec
 from fedpers.config import parse_run_config
@@ -33,8 +33,8 @@ def _update(overrides: dict, personalization: str = "none") -> dict[str, np.ndar
            "local-epochs": 1, "max-samples-per-client": 60, "lr": 0.1, "attack": "sign-flip",
            "attack-fraction": 0.5, "personalization": personalization, **overrides}
     cfg = parse_run_config(raw)
-    pid = sorted(attackers(parse_run_config({**raw, "attack": "sign-flip",
-                                             "attack-fraction": 0.5})))[0]
+    bad = parse_run_config({**raw, "attack": "sign-flip", "attack-fraction": 0.5})
+    pid = sorted(attackers(AttackParams.from_config(bad)))[0]
     torch.manual_seed(0)
     model = TASKS["digits"].build_model((64,), 10)
     x0 = {k: v.numpy().copy() for k, v in model.state_dict().items()}

@@ -158,9 +158,9 @@ def test_fednova_steps_cannot_inflate_the_step_under_robust_aggregation():
 def test_attack_metrics_count_attackers_received_and_passed():
     cfg = parse_run_config({"num-clients": 4, "aggregation": "krum", "krum-f": 0,
                             "attack": "scale", "attack-fraction": 0.25})
-    from fedpers.attacks import attackers
+    from fedpers.attacks import AttackParams, attackers
 
-    bad = sorted(attackers(cfg))[0]
+    bad = sorted(attackers(AttackParams.from_config(cfg)))[0]
     checked = _checked()
     checked = [CheckedReply(pid, c.arrays, c.metrics) for pid, c in
                zip([bad if i == 2 else (bad + 1 + i) % 4 for i in range(3)], checked,
