@@ -113,14 +113,14 @@ class PrivacyLayer:
 
     stateless = True
 
-    def __init__(self, cfg: RunConfig) -> None:
-        params = DpParams.from_config(cfg)
+    def __init__(self, params: DpParams, rate: float) -> None:
+        """``params``: the dp keys; ``rate``: the accountant's sampling rate q
+        (:func:`sampling_rate`)."""
         server = DP_MODES.build(params.dp, params)
         if server is None:
             raise ValueError("PrivacyLayer needs dp != 'none'")
         self.server = server
-        self.accountant = RdpAccountant(sampling_rate(cfg), params.dp_noise_multiplier,
-                                        params.dp_delta)
+        self.accountant = RdpAccountant(rate, params.dp_noise_multiplier, params.dp_delta)
 
     def metrics(self, releases: int) -> dict[str, float]:
         """``privacy/epsilon`` after ``releases`` aggregated rounds (and the count)."""
@@ -130,4 +130,6 @@ class PrivacyLayer:
 
 def build_privacy(cfg: RunConfig) -> PrivacyLayer | None:
     """The round loop's privacy layer, or None for ``dp = 'none'``."""
-    return None if cfg.dp == "none" else PrivacyLayer(cfg)
+    if cfg.dp == "none":
+        return None
+    return PrivacyLayer(DpParams.from_config(cfg), sampling_rate(cfg))
