@@ -28,7 +28,8 @@ LOCAL_UPDATES: dict[str, LocalUpdate] = {
 }
 
 # Personalisers take no parameters at construction (they read their keys from the
-# LocalContext's config when they run): entries are used through PERSONALIZERS.get.
+# LocalContext's ``personal`` params when they run): entries are used through
+# PERSONALIZERS.get.
 PERSONALIZERS: Registry[Personalizer] = Registry("personalization", {
     "none": NoPersonalization(),
     "local": LocalOnly(),

@@ -103,9 +103,10 @@ class APFL:
         return None
 
     def train(self, model: nn.Module, update: LocalUpdate, local: LocalContext) -> TrainResult:
-        cfg = local.cfg
+        training = local.training
         stored = _load(local)
-        v_np, alpha0 = stored if stored is not None else (model_arrays(model), cfg.apfl_alpha)
+        v_np, alpha0 = (stored if stored is not None
+                        else (model_arrays(model), local.personal.apfl_alpha))
         w = {k: t.detach().to(local.device, copy=True) for k, t in model.named_parameters()}
         result = update.train(model, local)
         frame = copy.deepcopy(model).to(local.device).train()
@@ -114,14 +115,14 @@ class APFL:
             v[k].requires_grad_(True)
         alpha = torch.tensor(float(alpha0), device=local.device, requires_grad=True)
         gen = torch.Generator().manual_seed(derive_seed(local.seed, Stream.APFL_PERSONAL))
-        budget = personal_budget(local, cfg.local_epochs)
+        budget = personal_budget(local, training.local_epochs)
         steps = 0
-        for _ in range(cfg.local_epochs):
-            for xb, yb in batches(local.data.x_train, local.data.y_train, cfg.batch_size, gen,
-                                  local.device):
+        for _ in range(training.local_epochs):
+            for xb, yb in batches(local.data.x_train, local.data.y_train, training.batch_size,
+                                  gen, local.device):
                 if budget is not None and steps >= budget:
                     break
-                apfl_step(frame, v, w, alpha, xb, yb, local.kind, cfg.lr)
+                apfl_step(frame, v, w, alpha, xb, yb, local.kind, training.lr)
                 steps += 1
         save_state(local, LOCAL_KEY, {k: t.detach().cpu().numpy() for k, t in v.items()})
         save_state(local, ALPHA_KEY, {"alpha": np.array(float(alpha.detach()), dtype=np.float64)})

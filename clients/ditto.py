@@ -61,9 +61,11 @@ class Ditto:
         personal = personal_model(model, local)
         if personal is None:  # first time selected: v starts as the global model
             personal = copy.deepcopy(model)
-        pull = proximal_hook(model, local.cfg.ditto_lambda, local.device)  # towards w as received
+        # towards w as received
+        pull = proximal_hook(model, local.personal.ditto_lambda, local.device)
         result = update.train(model, local)
-        personal_sgd(personal, local, local.cfg.local_epochs, Stream.DITTO_PERSONAL, grad_hook=pull)
+        personal_sgd(personal, local, local.training.local_epochs, Stream.DITTO_PERSONAL,
+                     grad_hook=pull)
         save_state(local, STATE_KEY, model_arrays(personal))
         return result
 

@@ -44,7 +44,7 @@ class FedRep(KeepPrivate):
         names = {name for name, _ in model.named_parameters()}
         try:
             _freeze(model, head)
-            personal_sgd(model, local, local.cfg.fedrep_head_epochs, Stream.FEDREP_HEAD)
+            personal_sgd(model, local, local.personal.fedrep_head_epochs, Stream.FEDREP_HEAD)
             _freeze(model, names - head)
             return update.train(model, local)
         finally:

@@ -31,6 +31,6 @@ class FineTune(NoPersonalization):
 
     def eval_model(self, model: nn.Module, local: LocalContext) -> nn.Module:
         tuned = copy.deepcopy(model)
-        personal_sgd(tuned, local, local.cfg.finetune_epochs, Stream.FINETUNE,
-                     lr=local.cfg.finetune_lr)
+        personal_sgd(tuned, local, local.personal.finetune_epochs, Stream.FINETUNE,
+                     lr=local.personal.finetune_lr)
         return tuned

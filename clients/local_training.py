@@ -23,31 +23,30 @@ from fedpers.training import GradHook, TrainResult, train_local
 if TYPE_CHECKING:
     from torch import nn
 
-    from clients.base import LocalContext
-    from fedpers.config import RunConfig
+    from clients.base import LocalContext, TrainingParams
 
 
-def stragglers(cfg: RunConfig) -> frozenset[int]:
+def stragglers(training: TrainingParams) -> frozenset[int]:
     """The partition ids of the straggling clients: ``round(fraction * N)`` of them."""
-    count = int(round(cfg.straggler_fraction * cfg.num_clients))
+    count = int(round(training.straggler_fraction * training.num_clients))
     if count == 0:
         return frozenset()
-    rng = np.random.default_rng(derive_seed(cfg.seed, Stream.STRAGGLERS))
-    return frozenset(int(p) for p in rng.permutation(cfg.num_clients)[:count])
+    rng = np.random.default_rng(derive_seed(training.seed, Stream.STRAGGLERS))
+    return frozenset(int(p) for p in rng.permutation(training.num_clients)[:count])
 
 
-def full_steps(cfg: RunConfig, num_train: int) -> int:
+def full_steps(training: TrainingParams, num_train: int) -> int:
     """Local SGD steps of a client that finishes its ``local-epochs`` epochs."""
-    return cfg.local_epochs * math.ceil(num_train / cfg.batch_size)
+    return training.local_epochs * math.ceil(num_train / training.batch_size)
 
 
-def straggler_steps(cfg: RunConfig, partition_id: int, num_train: int) -> int | None:
+def straggler_steps(training: TrainingParams, partition_id: int, num_train: int) -> int | None:
     """The local steps a straggler completes (``straggler-work`` of :func:`full_steps`,
     at least 1); ``None`` for a client that is not one. The client's own limit, apart
     from the server's (:func:`server_budget`)."""
-    if partition_id not in stragglers(cfg):
+    if partition_id not in stragglers(training):
         return None
-    return max(1, int(math.floor(cfg.straggler_work * full_steps(cfg, num_train))))
+    return max(1, int(math.floor(training.straggler_work * full_steps(training, num_train))))
 
 
 def server_budget(local: LocalContext) -> int | None:
@@ -61,12 +60,14 @@ def local_sgd(model: nn.Module, local: LocalContext,
               grad_hook: GradHook | None = None) -> TrainResult:
     """Local mini-batch SGD as the run config asks, cut short for stragglers and to
     the server's step budget."""
-    cfg = local.cfg
+    training = local.training
     x, y = local.data.x_train, local.data.y_train
-    budgets = [b for b in (straggler_steps(cfg, local.partition_id, len(x)), server_budget(local))
+    budgets = [b for b in (straggler_steps(training, local.partition_id, len(x)),
+                           server_budget(local))
                if b is not None]
-    return train_local(model, x, y, kind=local.kind, epochs=cfg.local_epochs,
-                       batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+    return train_local(model, x, y, kind=local.kind, epochs=training.local_epochs,
+                       batch_size=training.batch_size, lr=training.lr,
+                       momentum=training.momentum,
                        seed=local.seed, device=local.device, grad_hook=grad_hook,
                        max_steps=min(budgets, default=None))
 
@@ -77,11 +78,11 @@ def personal_budget(local: LocalContext, epochs: int) -> int | None:
     Stragglers complete ``straggler-work`` of these steps too. The server's per-round
     step budget (``max-steps``) caps the strategy's local update only.
     """
-    cfg = local.cfg
-    if local.partition_id not in stragglers(cfg):
+    training = local.training
+    if local.partition_id not in stragglers(training):
         return None
-    steps = epochs * math.ceil(len(local.data.x_train) / cfg.batch_size)
-    return max(1, int(math.floor(cfg.straggler_work * steps)))
+    steps = epochs * math.ceil(len(local.data.x_train) / training.batch_size)
+    return max(1, int(math.floor(training.straggler_work * steps)))
 
 
 def personal_sgd(model: nn.Module, local: LocalContext, epochs: int, tag: Stream,
@@ -92,9 +93,9 @@ def personal_sgd(model: nn.Module, local: LocalContext, epochs: int, tag: Stream
     ``lr`` > 0 is given; batches drawn from a seed derived from the round's seed and
     ``tag``.
     """
-    cfg = local.cfg
+    training = local.training
     return train_local(model, local.data.x_train, local.data.y_train, kind=local.kind,
-                       epochs=epochs, batch_size=cfg.batch_size, lr=lr or cfg.lr,
-                       momentum=cfg.momentum, seed=derive_seed(local.seed, tag),
+                       epochs=epochs, batch_size=training.batch_size, lr=lr or training.lr,
+                       momentum=training.momentum, seed=derive_seed(local.seed, tag),
                        device=local.device, grad_hook=grad_hook,
                        max_steps=personal_budget(local, epochs))

@@ -68,7 +68,8 @@ class ScaffoldUpdate:
                     p.grad.add_(correction[name])
 
         result = local_sgd(model, local, grad_hook=hook)
-        scale = 1.0 / (effective_steps(result.steps, local.cfg.momentum) * local.cfg.lr)
+        training = local.training
+        scale = 1.0 / (effective_steps(result.steps, training.momentum) * training.lr)
         params = dict(model.named_parameters())
         new_ci = {k: (ci[k] - c[k] + (x[k] - params[k].detach().cpu().numpy()) * scale)
                   .astype(c[k].dtype, copy=False) for k in c}

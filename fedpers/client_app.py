@@ -102,8 +102,9 @@ def partition_id(context: Context, cfg: RunConfig) -> int:
 
 @dataclass
 class Call:
-    """One train or evaluate call: its context, model and decoded broadcast."""
+    """One train or evaluate call: its run config, context, model and decoded broadcast."""
 
+    cfg: RunConfig
     local: LocalContext
     model: torch.nn.Module
     received: dict[str, np.ndarray]  # the broadcast model, decoded once per call
@@ -118,14 +119,12 @@ def _setup(msg: Message, context: Context) -> Call:
     server_cfg: dict[str, Any] = (dict(msg.content["config"])
                                   if "config" in msg.content.config_records else {})
     rnd = int(server_cfg.get("server-round", 0))
-    local = LocalContext(cfg=cfg, data=fed.clients[pid], kind=fed.kind, server_round=rnd,
-                         partition_id=pid,
-                         seed=derive_seed(cfg.seed, Stream.CLIENT_TRAIN, rnd, pid),
-                         device=resolve_device(cfg.device), state=context.state,
-                         server_config=server_cfg,
-                         server_arrays={name: record_to_numpy(rec)
-                                        for name, rec in msg.content.array_records.items()
-                                        if name != "arrays"})
+    local = LocalContext.from_config(
+        cfg, data=fed.clients[pid], kind=fed.kind, server_round=rnd, partition_id=pid,
+        seed=derive_seed(cfg.seed, Stream.CLIENT_TRAIN, rnd, pid),
+        device=resolve_device(cfg.device), state=context.state, server_config=server_cfg,
+        server_arrays={name: record_to_numpy(rec)
+                       for name, rec in msg.content.array_records.items() if name != "arrays"})
     seed_torch(local.seed)
     model = task.build_model(fed.input_shape, fed.num_classes)
     received = decode_broadcast(cfg, msg.content.array_records["arrays"],
@@ -141,7 +140,7 @@ def _setup(msg: Message, context: Context) -> Call:
     local.server_arrays = {name: {k: v for k, v in rec.items() if k not in local.private_keys}
                            for name, rec in local.server_arrays.items()}
     personalizer.prepare(model, local)
-    return Call(local, model, received)
+    return Call(cfg, local, model, received)
 
 
 def _shared_arrays(model: torch.nn.Module, private: set[str]) -> dict[str, np.ndarray]:
@@ -151,7 +150,7 @@ def _shared_arrays(model: torch.nn.Module, private: set[str]) -> dict[str, np.nd
 
 def train(msg: Message, context: Context) -> Message:
     call = _setup(msg, context)
-    local, model, cfg = call.local, call.model, call.local.cfg
+    local, model, cfg = call.local, call.model, call.cfg
     personalizer = PERSONALIZERS[cfg.personalization]
     update = LOCAL_UPDATES[STRATEGIES[cfg.strategy].local_update]
     if local.partition_id in attackers(cfg):  # a label-flipping attacker trains on bad labels
@@ -175,8 +174,8 @@ def train(msg: Message, context: Context) -> Message:
 
 def evaluate_local(msg: Message, context: Context) -> Message:
     call = _setup(msg, context)
-    local = call.local
-    model = PERSONALIZERS[local.cfg.personalization].eval_model(call.model, local)
+    local, cfg = call.local, call.cfg
+    model = PERSONALIZERS[cfg.personalization].eval_model(call.model, local)
     data = local.data
     out: dict[str, Any] = {"num-examples": int(len(data.x_test)),
                            "partition-id": local.partition_id}
@@ -185,8 +184,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         if data.x_val is None or len(data.x_val) == 0:
             raise ValueError("anomaly task without normal validation data on this client")
         val_scores = anomaly_scores(model, data.x_val, local.device)
-        threshold = task_metrics.calibrate_threshold(val_scores,
-                                                     local.cfg.threshold_percentile)
+        threshold = task_metrics.calibrate_threshold(val_scores, cfg.threshold_percentile)
         out.update({"threshold": threshold, "num-val": int(len(data.x_val))})
         global_threshold = local.server_config.get(task_metrics.GLOBAL_THRESHOLD)
         if global_threshold is not None and len(data.x_test):
@@ -197,19 +195,18 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     out.update(evaluate(model, data.x_test, data.y_test, kind=local.kind, device=local.device,
                         threshold=threshold))
     if threshold is not None:
-        keep_detector(context, local, model, threshold)
+        keep_detector(context, cfg, local, model, threshold)
     return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)
 
 
-def keep_detector(context: Context, local: LocalContext, model: torch.nn.Module,
-                  threshold: float) -> None:
+def keep_detector(context: Context, cfg: RunConfig, local: LocalContext,
+                  model: torch.nn.Module, threshold: float) -> None:
     """With ``client-model-dir`` (run or node config), write the detector this client
     just evaluated with, and its own threshold, to its disk (``fedpers.client_detector``).
 
     A failed write is logged and the evaluation's metrics still go back: the run's
     results do not depend on it.
     """
-    cfg = local.cfg
     root = client_detector.detector_root(context.node_config, cfg.client_model_dir)
     if root is None:
         return

@@ -226,11 +226,11 @@ def _one_step(update: Any) -> float:
     x = np.full((4, 1), 10.0, np.float32)  # reconstruction loss (w x - x)^2: grad 2x^2 = 200
     data = ClientData(x_train=x, y_train=np.zeros(4, np.int64), x_test=x[:1],
                       y_test=np.zeros(1, np.int64))
-    lc = LocalContext(cfg=parse_run_config({"lr": 0.1, "momentum": 0.0, "batch-size": 4,
-                                            "local-epochs": 1}),
-                      data=data, kind="anomaly", server_round=1, partition_id=0, seed=0,
-                      device=torch.device("cpu"), state=RecordDict(), server_config={})
-    result = update.train(model, lc)
+    local = LocalContext.from_config(
+        parse_run_config({"lr": 0.1, "momentum": 0.0, "batch-size": 4, "local-epochs": 1}),
+        data=data, kind="anomaly", server_round=1, partition_id=0, seed=0,
+        device=torch.device("cpu"), state=RecordDict(), server_config={})
+    result = update.train(model, local)
     assert result.steps == 1
     return abs(float(model.weight.detach().reshape(-1)[0]))
 

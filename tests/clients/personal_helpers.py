@@ -139,8 +139,8 @@ def local_context(*, x: np.ndarray, kind: str = "anomaly", state: RecordDict | N
                   **cfg: Any) -> LocalContext:
     y = np.zeros(len(x), np.int64)
     data = ClientData(x_train=x, y_train=y, x_test=x[:1], y_test=y[:1])
-    return LocalContext(cfg=parse_run_config({"momentum": 0.0, **cfg}), data=data, kind=kind,
-                        server_round=1, partition_id=partition_id, seed=0,
-                        device=torch.device("cpu"),
-                        state=RecordDict() if state is None else state, server_config={},
-                        private_keys=private_keys)
+    return LocalContext.from_config(parse_run_config({"momentum": 0.0, **cfg}), data=data,
+                                    kind=kind, server_round=1, partition_id=partition_id,
+                                    seed=0, device=torch.device("cpu"),
+                                    state=RecordDict() if state is None else state,
+                                    server_config={}, private_keys=private_keys)

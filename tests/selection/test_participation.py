@@ -141,13 +141,12 @@ def test_every_local_update_rule_honours_the_servers_step_budget(rule):
     steps = {}
     for budget in (None, 3):
         server_config = {"proximal-mu": 0.1} | ({} if budget is None else {MAX_STEPS: budget})
-        lc = LocalContext(cfg=parse_run_config({"local-epochs": 2, "batch-size": 2,
-                                                "lr": 0.01}),
-                          data=ClientData(x_train=x, y_train=y, x_test=x[:1], y_test=y[:1]),
-                          kind="anomaly", server_round=1, partition_id=0, seed=0,
-                          device=torch.device("cpu"), state=RecordDict(),
-                          server_config=server_config,
-                          server_arrays={"control": {"weight": np.zeros((1, 1), np.float32)}})
+        local = LocalContext.from_config(
+            parse_run_config({"local-epochs": 2, "batch-size": 2, "lr": 0.01}),
+            data=ClientData(x_train=x, y_train=y, x_test=x[:1], y_test=y[:1]),
+            kind="anomaly", server_round=1, partition_id=0, seed=0,
+            device=torch.device("cpu"), state=RecordDict(), server_config=server_config,
+            server_arrays={"control": {"weight": np.zeros((1, 1), np.float32)}})
         model = torch.nn.Linear(1, 1, bias=False)
-        steps[budget] = LOCAL_UPDATES[rule].train(model, lc).steps
+        steps[budget] = LOCAL_UPDATES[rule].train(model, local).steps
     assert steps == {None: 8, 3: 3}

@@ -33,12 +33,12 @@ def local_context(*, x: np.ndarray, y: np.ndarray | None = None, kind: str = "an
                   **cfg: Any) -> LocalContext:
     y = np.zeros(len(x), np.int64) if y is None else y
     data = ClientData(x_train=x, y_train=y, x_test=x[:1], y_test=y[:1])
-    return LocalContext(cfg=parse_run_config({"momentum": 0.0, **cfg}), data=data, kind=kind,
-                        server_round=1, partition_id=partition_id, seed=seed,
-                        device=torch.device("cpu"),
-                        state=RecordDict() if state is None else state,
-                        server_config=server_config or {},
-                        server_arrays=server_arrays or {})
+    return LocalContext.from_config(parse_run_config({"momentum": 0.0, **cfg}), data=data,
+                                    kind=kind, server_round=1, partition_id=partition_id,
+                                    seed=seed, device=torch.device("cpu"),
+                                    state=RecordDict() if state is None else state,
+                                    server_config=server_config or {},
+                                    server_arrays=server_arrays or {})
 
 
 class FakeGrid:

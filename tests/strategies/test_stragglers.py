@@ -7,29 +7,35 @@ import pytest
 from strategy_helpers import local_context, one_weight
 
 from clients import LOCAL_UPDATES
+from clients.base import TrainingParams
 from clients.local_training import full_steps, straggler_steps, stragglers
 from fedpers.config import ConfigError, config_keys, parse_run_config
 
 
+def training(values: dict) -> TrainingParams:
+    return TrainingParams.from_config(parse_run_config(values))
+
+
 def test_the_share_of_stragglers_is_exact_and_depends_only_on_the_seed():
-    cfg = parse_run_config({"num-clients": 20, "straggler-fraction": 0.5, "seed": 3})
-    chosen = stragglers(cfg)
+    cfg = {"num-clients": 20, "straggler-fraction": 0.5, "seed": 3}
+    chosen = stragglers(training(cfg))
     assert len(chosen) == 10 and chosen <= set(range(20))
-    assert stragglers(cfg.replace(**{"num-server-rounds": 99})) == chosen
-    others = {stragglers(cfg.replace(seed=s)) for s in range(5)}
+    assert stragglers(training({**cfg, "num-server-rounds": 99})) == chosen
+    others = {stragglers(training({**cfg, "seed": s})) for s in range(5)}
     assert len(others) > 1
-    assert stragglers(parse_run_config({"num-clients": 20})) == frozenset()
+    assert stragglers(training({"num-clients": 20})) == frozenset()
 
 
 def test_budget_is_the_share_of_full_local_work():
-    cfg = parse_run_config({"num-clients": 4, "straggler-fraction": 0.5, "straggler-work": 0.3,
-                            "local-epochs": 2, "batch-size": 10})
+    values = {"num-clients": 4, "straggler-fraction": 0.5, "straggler-work": 0.3,
+              "local-epochs": 2, "batch-size": 10}
+    cfg = training(values)
     assert full_steps(cfg, 95) == 20
     slow = sorted(stragglers(cfg))
     fast = sorted(set(range(4)) - set(slow))
     assert [straggler_steps(cfg, p, 95) for p in slow] == [6, 6]
     assert [straggler_steps(cfg, p, 95) for p in fast] == [None, None]
-    tiny = cfg.replace(**{"straggler-work": 0.01})
+    tiny = training({**values, "straggler-work": 0.01})
     assert straggler_steps(tiny, slow[0], 5) == 1  # at least one step
 
 
@@ -38,7 +44,7 @@ def test_every_local_update_rule_honours_the_budget(rule):
     x = np.ones((8, 1), np.float32)
     cfg = {"num-clients": 2, "straggler-fraction": 0.5, "straggler-work": 0.5,
            "local-epochs": 2, "batch-size": 2, "lr": 0.01}
-    slow = next(iter(stragglers(parse_run_config(cfg))))
+    slow = next(iter(stragglers(training(cfg))))
     steps = {}
     for pid in (0, 1):
         lc = local_context(x=x, partition_id=pid, server_config={"proximal-mu": 0.1},
