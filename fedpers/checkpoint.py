@@ -43,7 +43,6 @@ import numpy as np
 
 from fedpers.checkpoint_files import FOLDER, file_name, list_rounds, prune
 from fedpers.checkpoint_files import store_error as _store_error
-from fedpers.registry import Params
 from fedpers.state import flatten, unflatten
 
 if TYPE_CHECKING:
@@ -60,31 +59,6 @@ RESUME_EXCLUDE = ("tracking-uri", "experiment", "mlflow-run-id", "checkpoint-eve
                   "client-state-dir")
 # a metric the round loop logs every round: its history says which rounds are logged
 ROUND_METRIC = "comm/bytes_up"
-
-
-@dataclass(frozen=True)
-class CheckpointParams(Params):
-    """The run-config keys of checkpointing (``fedpers keys``, group Checkpointing).
-
-    Attributes
-    ----------
-    checkpoint_every : int
-        ``checkpoint-every``: rounds between checkpoints (0 = off).
-    client_state_dir : str
-        ``client-state-dir``: where clients keep their checkpointed state ('' = the
-        default place).
-    num_server_rounds : int
-        ``num-server-rounds``: no checkpoint after the last round.
-    """
-
-    checkpoint_every: int
-    client_state_dir: str
-    num_server_rounds: int
-
-    def due(self, server_round: int) -> bool:
-        """Whether the server checkpoints after ``server_round``."""
-        return bool(self.checkpoint_every) and server_round % self.checkpoint_every == 0 \
-            and server_round < self.num_server_rounds
 
 
 class CheckpointError(RuntimeError):

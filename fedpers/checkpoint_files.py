@@ -1,4 +1,5 @@
-"""The checkpoint files of an MLflow run: their folder and names, listing, pruning.
+"""The checkpoint files of an MLflow run (folder, names, listing, pruning) and the
+checkpointing keys (:class:`CheckpointParams`).
 
 A run's checkpoints are the artifacts ``checkpoints/round-<r>.ckpt``; the newest
 :data:`KEEP` are kept. Shared by the checkpoint store (:mod:`fedpers.checkpoint`)
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedpers.registry import Params
 from fedpers.tracking_records import short
 from fedpers.tracking_store import TrackingError
 
@@ -21,6 +24,31 @@ logger = logging.getLogger(__name__)
 FOLDER = "checkpoints"  # artifact folder of the run
 KEEP = 2  # checkpoints kept: the newest and the one before (should the newest be torn)
 _NAME = re.compile(r"^round-(\d+)\.ckpt$")
+
+
+@dataclass(frozen=True)
+class CheckpointParams(Params):
+    """The run-config keys of checkpointing (``fedpers keys``, group Checkpointing).
+
+    Attributes
+    ----------
+    checkpoint_every : int
+        ``checkpoint-every``: rounds between checkpoints (0 = off).
+    client_state_dir : str
+        ``client-state-dir``: where clients keep their checkpointed state ('' = the
+        default place).
+    num_server_rounds : int
+        ``num-server-rounds``: no checkpoint after the last round.
+    """
+
+    checkpoint_every: int
+    client_state_dir: str
+    num_server_rounds: int
+
+    def due(self, server_round: int) -> bool:
+        """Whether the server checkpoints after ``server_round``."""
+        return bool(self.checkpoint_every) and server_round % self.checkpoint_every == 0 \
+            and server_round < self.num_server_rounds
 
 
 def file_name(server_round: int) -> str:

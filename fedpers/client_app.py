@@ -48,7 +48,7 @@ from clients import LOCAL_UPDATES, PERSONALIZERS, LocalContext
 from fedpers import client_detector, client_records, client_state
 from fedpers import metrics as task_metrics
 from fedpers.arrays import record_to_numpy, to_array_record
-from fedpers.attacks import attackers, poison_labels
+from fedpers.attacks import AttackParams, attackers, poison_labels
 from fedpers.client_pipeline import (
     RoundInputs,
     Upload,
@@ -153,8 +153,9 @@ def train(msg: Message, context: Context) -> Message:
     local, model, cfg = call.local, call.model, call.cfg
     personalizer = PERSONALIZERS[cfg.personalization]
     update = LOCAL_UPDATES[STRATEGIES[cfg.strategy].local_update]
-    if local.partition_id in attackers(cfg):  # a label-flipping attacker trains on bad labels
-        local.data = poison_labels(cfg, local.partition_id, local.data,
+    attack = AttackParams.from_config(cfg)
+    if local.partition_id in attackers(attack):  # a label-flipping attacker trains on bad labels
+        local.data = poison_labels(attack, local.partition_id, local.data,
                                    load_federated(DataSpec.from_config(cfg)).num_classes)
     result = personalizer.train(model, update, local)
     shared = _shared_arrays(model, set(local.private_keys))

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fedpers.codecs import DOWN_CODECS, SPARSE_VALUES
 from fedpers.config_checks import check_combination, clients_per_round
@@ -33,6 +33,11 @@ from fedpers.config_values import (
     unit_open,
 )
 from fedpers.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedpers.registry import Params
+
+P = TypeVar("P", bound="Params")
 
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 DEVICES = ("auto", "cpu", "cuda")
@@ -306,6 +311,12 @@ class RunConfig:
                  if f.metadata.get("hashed_when_set") and getattr(self, f.name) == f.default}
         d = {k: v for k, v in self.to_dict().items() if k not in exclude and k not in quiet}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def params(self, family: type[P]) -> P:
+        """The keys of one component family, e.g. ``cfg.params(CodecParams)``: what
+        that component is built from (``fedpers.components.PARAM_FAMILIES`` lists the
+        families; together they cover every key)."""
+        return family.from_config(self)
 
     @property
     def anomaly_class_list(self) -> tuple[int, ...]:

@@ -33,7 +33,8 @@ from fedpers import client_state
 from fedpers import server_checkpoint as checkpointing
 from fedpers.arrays import to_array_record
 from fedpers.byte_count import ByteCounter, ReplySizes, content_bytes, messages_bytes
-from fedpers.checkpoint import Checkpoint, CheckpointParams, CheckpointStore
+from fedpers.checkpoint import Checkpoint, CheckpointStore
+from fedpers.checkpoint_files import CheckpointParams
 from fedpers.codecs import build_codec
 from fedpers.compression import encode_broadcast
 from fedpers.config import RunConfig, clients_per_round

@@ -37,7 +37,7 @@ from clients.sgd import SGDUpdate
 from fedpers.arrays import to_array_record
 from fedpers.config import ConfigError, parse_run_config
 from fedpers.data.base import ClientData
-from strategies import STRATEGIES
+from strategies import STRATEGIES, StrategyParams
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -137,7 +137,7 @@ def _train(ctx: Context, arrays: dict[str, np.ndarray], rnd: int) -> dict[str, n
     from fedpers.client_app import train
 
     cfg = parse_run_config(ctx.run_config)
-    strategy = STRATEGIES[cfg.strategy].build(cfg)
+    strategy = STRATEGIES[cfg.strategy].build(StrategyParams.from_config(cfg))
     (msg,) = strategy.configure_train(rnd, _record(arrays), ConfigRecord(), _Grid())
     return _numpy(train(msg, ctx).content["arrays"])
 
@@ -197,7 +197,7 @@ def _reply(arrays: dict[str, np.ndarray], num_examples: int) -> Message:
 
 def test_uniform_fedavg_counts_every_client_once(doc):
     cfg = parse_run_config({"strategy": "fedavg-uniform"})
-    strategy = STRATEGIES["fedavg-uniform"].build(cfg)
+    strategy = STRATEGIES["fedavg-uniform"].build(StrategyParams.from_config(cfg))
     a = {"w": np.array([1.0, 2.0], np.float32), "n": np.array(4, np.int64)}
     b = {"w": np.array([3.0, 6.0], np.float32), "n": np.array(8, np.int64)}
     arrays, _ = strategy.aggregate_train(1, [_reply(a, 10), _reply(b, 30)])

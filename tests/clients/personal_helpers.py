@@ -17,7 +17,7 @@ from fedpers.config import parse_run_config
 from fedpers.data import TASKS
 from fedpers.data.base import ClientData
 from fedpers.data.digits import DigitsTask
-from strategies import STRATEGIES
+from strategies import STRATEGIES, StrategyParams
 
 NODE = 5
 BN_TASK = "digits-bn"
@@ -91,7 +91,7 @@ def train_message(run_cfg: dict[str, Any], arrays: dict[str, np.ndarray],
                   rnd: int) -> Message:
     """The train message the run's strategy would send this node."""
     cfg = parse_run_config(run_cfg)
-    strategy = STRATEGIES[cfg.strategy].build(cfg)
+    strategy = STRATEGIES[cfg.strategy].build(StrategyParams.from_config(cfg))
     (msg,) = strategy.configure_train(rnd, record(arrays), ConfigRecord(), FakeGrid())
     return msg
 
