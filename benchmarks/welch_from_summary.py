@@ -251,7 +251,11 @@ def welch_rows(report_dir: Path, name: str) -> list[dict[str, str]]:
 
 #: Benchmarks rerun in part since: their earlier full sweep's report (summary.csv,
 #: reference.csv, welch.csv) is kept in this subfolder of ``report/``, beside the rerun.
-EARLIER = {"personalization": "earlier-3-seeds", "robustness": "earlier-sweep"}
+EARLIER = {
+    "personalization": "earlier-3-seeds",
+    "robustness": "earlier-sweep",
+    "communication": "earlier-sweep",
+}
 
 
 def report_dir_of(name: str, benchmarks_dir: Path = BENCHMARKS_DIR) -> Path:
