@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,12 @@ def _adopt_children(client: Any, exp_id: str, bench: Benchmark, parent: str,
 
 
 def _run_child(run: PlannedRun, bench: Benchmark, parent: str, client: Any,
-               progress: Progress, verbose: bool, resources: Any = None) -> str:
+               progress: Progress, verbose: bool, resources: Any = None,
+               shared_ray: _SweepRay | None = None) -> str:
     from fedpers.simulation import run_simulation  # imports Flower and Ray
+
+    if shared_ray is not None:
+        shared_ray.ensure()
 
     tags = {TAG_PARENT: parent, TAG_BENCH: bench.name, TAG_VARIANT: run.variant,
             TAG_SEED: str(run.seed), TAG_DIGEST: run.digest}
@@ -182,6 +187,22 @@ def _run_child(run: PlannedRun, bench: Benchmark, parent: str, client: Any,
     with watch_rounds(client, tracker.run_id, progress.at_round):
         return run_simulation(cfg, run_name=run.run_name, verbose=verbose,
                               resources=resources)
+
+
+class _SweepRay:
+    """The sweep's one Ray (:func:`fedpers.simulation.sweep_ray`), started by its first
+    run that needs it and stopped when ``stack`` closes."""
+
+    def __init__(self, stack: ExitStack, resources: Any, verbose: bool) -> None:
+        self.stack, self.resources, self.verbose = stack, resources, verbose
+        self.started = False
+
+    def ensure(self) -> None:
+        if not self.started:
+            from fedpers.simulation import sweep_ray  # imports Ray
+
+            self.stack.enter_context(sweep_ray(self.resources, verbose=self.verbose))
+            self.started = True
 
 
 def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int | None = None,
@@ -246,13 +267,14 @@ def run_benchmark(folder: str | Path, *, seeds: int | None = None, rounds: int |
     bar = Progress(runs, reused_idx, progress)
     started = time.perf_counter()
     try:
-        with redirect_logging(progress):
+        with redirect_logging(progress), ExitStack() as stack:
+            shared_ray = _SweepRay(stack, resources, verbose)
             for i, run in enumerate(runs):
                 if i in reused_idx:
                     continue
                 try:
                     ran.append(_run_child(run, bench, parent, client, bar, verbose,
-                                          resources))
+                                          resources, shared_ray=shared_ray))
                 except Exception:  # noqa: BLE001 - one failed run must not stop the sweep
                     logger.exception("run %s failed; the sweep goes on", run.run_name)
                     failed.append(run.run_name)

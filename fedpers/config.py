@@ -42,6 +42,7 @@ P = TypeVar("P", bound="Params")
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_PROFILES = ("none", "lognormal", "trace")  # fedpers.devices.build_clock
+PACKING = ("auto", "off")  # fedpers.simulation.auto_packing
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,12 @@ class RunConfig:
                                  doc="simulation: run this many SuperNodes that serve the "
                                      "round's selected clients in turn, each client's state on "
                                      "disk between calls (0 = one SuperNode per client)")
+    packing: str = run_key("packing", "auto", one_of(PACKING),
+                           doc="simulation: auto = when virtual-nodes is 0 and a round asks "
+                               "more clients than there are Ray workers, run one SuperNode "
+                               "per worker and pack the round's clients into one message per "
+                               "SuperNode (sets virtual-nodes and clients-per-call; same "
+                               "results); off = one SuperNode per client")
     clients_per_call: int = run_key("clients-per-call", 1, positive,
                                     doc="simulation with virtual-nodes: pack up to this many of a "
                                         "SuperNode's clients into one message, served one after "
@@ -303,9 +310,10 @@ class RunConfig:
 
     def digest(self, exclude: tuple[str, ...] = ("tracking-uri", "experiment",
                                                  "mlflow-run-id", "virtual-nodes",
-                                                 "clients-per-call")) -> str:
-        """A stable hash of the settings that change results (``virtual-nodes`` and
-        ``clients-per-call`` change how a simulation is run, not its results). Keys
+                                                 "clients-per-call", "packing")) -> str:
+        """A stable hash of the settings that change results (``virtual-nodes``,
+        ``clients-per-call`` and ``packing`` change how a simulation is run, not its
+        results). Keys
         declared ``hashed_when_set`` count only when they differ from their default."""
         quiet = {f.metadata["key"] for f in fields(self)
                  if f.metadata.get("hashed_when_set") and getattr(self, f.name) == f.default}

@@ -17,6 +17,9 @@ fedpers name                       wraps
 :func:`run_simulation_engine`      ``flwr.simulation.run_simulation._run_simulation``: the
                                    public ``run_simulation`` passes an empty run config and
                                    no ServerApp Context; the private one takes both.
+:func:`ray_kept_between_runs`      ``flwr.server.superlink.fleet.vce.backend.raybackend.
+                                   RayBackend.terminate``: it shuts Ray down after every
+                                   run; a sweep keeps one Ray for all its runs.
 :func:`is_simulation_grid`,        ``flwr.superlink.grid.inmemory_grid.InMemoryGrid`` (the
 :func:`lower_pull_interval`        Simulation Engine's grid) and its ``pull_interval``: not
                                    exported; the public ``Grid`` says nothing of polling.
@@ -56,7 +59,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -93,7 +97,7 @@ def __getattr__(name: str) -> Any:
 __all__ = ["AggregationError", "CLIENT_APP_EXCEPTION", "NUMPY_STYPE", "custom_torch_backend",
            "filter_ray_worker_output", "flower_console_handlers", "is_simulation_grid",
            "lower_pull_interval", "recorddict_from_bytes", "recorddict_to_bytes",
-           "run_simulation_engine", "set_reply_origin", "wire_size"]
+           "ray_kept_between_runs", "run_simulation_engine", "set_reply_origin", "wire_size"]
 
 
 # --- Flower: Simulation Engine ----------------------------------------------------
@@ -134,6 +138,26 @@ def run_simulation_engine(*, num_supernodes: int, client_app: Any, server_app: A
         is_app=True,
         verbose_logging=verbose,
     )
+
+
+@contextmanager
+def ray_kept_between_runs() -> Iterator[None]:
+    """Within this block, a Simulation Engine run that ends terminates its client actors
+    but leaves Ray running (Flower's ``RayBackend.terminate`` also calls
+    ``ray.shutdown()``), so that the next run of a sweep reuses the same Ray."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    original = RayBackend.terminate
+
+    def terminate(self: Any) -> None:
+        if self.pool:
+            self.pool.terminate_all_actors()
+
+    RayBackend.terminate = terminate  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RayBackend.terminate = original  # type: ignore[method-assign]
 
 
 def is_simulation_grid(grid: object) -> bool:

@@ -68,7 +68,7 @@ KEY_GROUPS: tuple[KeyGroup, ...] = (
              ("anomaly-classes", "threshold-percentile", "client-model-dir")),
     KeyGroup("Checkpointing", "checkpointing.md", ("checkpoint-every", "client-state-dir")),
     KeyGroup("Simulation (virtual nodes)", "running.md#many-clients-in-simulation",
-             ("virtual-nodes", "clients-per-call")),
+             ("virtual-nodes", "packing", "clients-per-call")),
     KeyGroup("Tracking", "tracking.md", ("tracking-uri", "experiment", "mlflow-run-id")),
 )
 

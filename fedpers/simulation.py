@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedpers import console, engine, interrupt
-from fedpers.config import RunConfig
+from fedpers.config import RunConfig, clients_per_round
 from fedpers.tracking import Tracker
 from fedpers.tracking_store import resolve_tracking_uri
 
@@ -58,6 +58,37 @@ def _write_app_dir(cfg: RunConfig, folder: Path) -> None:
              'clientapp = "fedpers.client_app:app"', '', '[tool.flwr.app.config]']
     lines += [f"{k} = {_toml_value(v)}" for k, v in cfg.to_dict().items()]
     (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
+
+
+def auto_packing(cfg: RunConfig, workers: int) -> RunConfig:
+    """``cfg`` with the packing a run that left it to fedpers gets (``packing = "auto"``,
+    ``virtual-nodes`` 0): when a round asks more clients than ``workers`` (the Ray
+    workers that can train at once), one SuperNode per worker, and each SuperNode's
+    share of a round's clients packed into one message (``clients-per-call``). Results
+    and byte counts are those of one SuperNode per client (``tests/test_virtual_e2e.py``);
+    what changes is how many messages Flower and Ray route, pickle and schedule
+    (``benchmarks/overhead``). ``cfg`` as it is otherwise, and with ``checkpoint-every``
+    (virtual nodes have no checkpoint and resume).
+    """
+    if cfg.packing != "auto" or cfg.virtual_nodes or cfg.checkpoint_every:
+        return cfg
+    per_call = max(clients_per_round(cfg))
+    nodes = min(max(1, workers), cfg.num_clients)
+    if per_call <= nodes:
+        return cfg
+    packed = -(-per_call // nodes)  # ceil: each node one message per call
+    logger.info("packing: %d SuperNodes serve up to %d clients a call, %d per message "
+                "(packing = off for one SuperNode per client)", nodes, per_call, packed)
+    return cfg.replace(**{"virtual-nodes": nodes, "clients-per-call": packed})
+
+
+def ray_workers(resources: Resources) -> int | None:
+    """How many clients the local Ray trains at once (CPUs / CPUs per client); None on
+    a Ray cluster (``ray-address``, ``RAY_ADDRESS``), whose size is not known here."""
+    if resources.ray_address or os.environ.get("RAY_ADDRESS"):
+        return None
+    cpus = resources.num_cpus or os.cpu_count() or 1
+    return max(1, int(cpus // resources.client_cpus))
 
 
 def num_supernodes(cfg: RunConfig) -> int:
@@ -165,6 +196,9 @@ def run_simulation(cfg: RunConfig, *, run_name: str = "", tags: dict[str, str] |
         tracker = Tracker.start(uri, cfg.experiment, run_name=run_name, tags=tags)
     cfg = cfg.replace(**{"tracking-uri": uri, "mlflow-run-id": tracker.run_id})
     res = resources or Resources(num_cpus=num_cpus)
+    workers = ray_workers(res)
+    if workers is not None:
+        cfg = auto_packing(cfg, workers)
     gpus = client_gpu_share(cfg, res)
     backend = backend_config(res.num_cpus, res.client_cpus, gpus, res.ray_address)
     interrupt.reset()
@@ -224,7 +258,8 @@ def ray_session(init_args: dict, *, verbose: bool = False) -> Iterator[None]:
     (it leaves an initialised Ray as it is), so that the caller can set its signal
     handlers after ``ray.init``; shut down on the way out, whatever happens. A
     watchdog (:func:`start_reaper`) kills Ray's processes should this process die
-    without shutting Ray down.
+    without shutting Ray down. A Ray that was running already (a sweep's, see
+    :func:`sweep_ray`) is used as it is and left running.
 
     The workers' output still reaches this process (``log_to_driver``: a client's
     traceback is shown); unless ``verbose``, without Flower's INFO lines and the
@@ -232,22 +267,50 @@ def ray_session(init_args: dict, *, verbose: bool = False) -> Iterator[None]:
     """
     import ray
 
+    if ray.is_initialized():  # the sweep's Ray: it starts and stops it
+        console.filter_worker_logs(verbose)
+        yield
+        return
     reaper = start_reaper()
     try:
-        if not ray.is_initialized():
-            args = {"include_dashboard": False, **init_args}
-            # Ray's processes inherit the environment, not this process's sys.path
-            # (what Flower's RayBackend.init_ray does too)
-            paths = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
-            pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
-            os.environ["PYTHONPATH"] = pythonpath
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+        args = {"include_dashboard": False, **init_args}
+        # Ray's processes inherit the environment, not this process's sys.path
+        # (what Flower's RayBackend.init_ray does too)
+        paths = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+        pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+        os.environ["PYTHONPATH"] = pythonpath
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
         console.filter_worker_logs(verbose)
         yield
     finally:
         if ray.is_initialized():
             ray.shutdown()
         stop_reaper(reaper)
+
+
+@contextmanager
+def sweep_ray(resources: Resources | None = None, *, verbose: bool = False
+              ) -> Iterator[None]:
+    """One Ray for every run of a sweep (``fedpers bench``): each run's
+    :func:`ray_session` then finds it running and leaves it so, which saves a Ray start
+    and shutdown per run. Each run still gets its own Flower simulation, client actors
+    (fresh worker processes), MLflow run, seed and Context state; the GPU share per
+    client is decided per run as before."""
+    res = resources or Resources()
+    gpus = res.client_gpus
+    if gpus is None:  # Ray detects GPUs itself unless told there are none
+        gpus = 0.0 if not _cuda_available() else 1.0
+    init = backend_config(res.num_cpus, res.client_cpus, gpus, res.ray_address)["init_args"]
+    with ray_session(init, verbose=verbose), engine.ray_kept_between_runs():
+        yield
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def start_reaper() -> subprocess.Popen | None:

@@ -244,12 +244,16 @@ class VirtualNodeParams(Params):
         ``virtual-nodes``: real SuperNodes that serve the clients (0 = one per client).
     clients_per_call : int
         ``clients-per-call``: clients packed into one message.
+    packing : str
+        ``packing``: auto (the simulation sets the two above when virtual-nodes is 0)
+        or off.
     num_clients : int
         ``num-clients``: the clients (virtual nodes) the grid shows.
     """
 
     virtual_nodes: int
     clients_per_call: int
+    packing: str
     num_clients: int
 
 

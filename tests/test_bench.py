@@ -354,7 +354,8 @@ def test_a_sweep_with_more_seeds_adopts_the_finished_runs_of_a_smaller_one(tmp_p
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     calls: list[tuple[str, int]] = []
 
-    def fake_child(run, bench_, parent, client, progress, verbose, resources=None):
+    def fake_child(run, bench_, parent, client, progress, verbose, resources=None,
+                   shared_ray=None):
         from fedpers.tracking import Tracker
         tags = {TAG_PARENT: parent, TAG_BENCH: bench_.name, TAG_VARIANT: run.variant,
                 TAG_SEED: str(run.seed), TAG_DIGEST: run.digest}

@@ -106,7 +106,7 @@ def test_a_key_hashed_when_set_keeps_old_digests_at_its_default():
     cfg = parse_run_config({"task": "digits"})
     legacy = {k: v for k, v in cfg.to_dict().items()
               if k not in ("tracking-uri", "experiment", "mlflow-run-id", "virtual-nodes",
-                           "clients-per-call",
+                           "clients-per-call", "packing",
                            "finetune-lr", "feature-shift", "client-model-dir")}
     assert cfg.digest() == hashlib.sha256(
         json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]

@@ -212,7 +212,8 @@ def test_bench_in_a_pipe_prints_one_line_per_run_and_no_bar(tmp_path, monkeypatc
     (folder / "benchmark.toml").write_text(SWEEP)
     (folder / "README.md").write_text("# q\n\nexpected\n")
 
-    def fake_child(run, bench_, parent, client, progress, verbose, resources=None):
+    def fake_child(run, bench_, parent, client, progress, verbose, resources=None,
+                   shared_ray=None):
         from fedpers.tracking import Tracker
         tags = {bench_tags.TAG_PARENT: parent, bench_tags.TAG_BENCH: bench_.name,
                 bench_tags.TAG_VARIANT: run.variant, bench_tags.TAG_SEED: str(run.seed),

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from fedpers.byte_count import content_bytes
 from fedpers.config import parse_run_config
 from fedpers.run_params import applicable_params
-from fedpers.simulation import run_simulation
+from fedpers.simulation import Resources, auto_packing, ray_workers, run_simulation
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +76,12 @@ def test_params_tags_and_artifacts(digits_run):
     cfg, uri, run_id = digits_run
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
-    # the keys that apply to this config are params; bookkeeping keys are tags
-    assert set(applicable_params(cfg)) == set(run.data.params)
+    # the keys that apply to the config the run ran with (packing = auto chose how to
+    # simulate it, fedpers.simulation.auto_packing) are params; bookkeeping keys are tags
+    workers = ray_workers(Resources())
+    ran = cfg if workers is None else auto_packing(cfg, workers)
+    assert set(applicable_params(ran)) == set(run.data.params)
+    assert run.data.params["virtual-nodes"] == str(ran.virtual_nodes)
     assert run.data.params["task"] == "digits"
     assert "alpha" not in run.data.params  # partition = "iid" has no alpha
     assert run.data.tags["fedpers.tracking-uri"] == uri
@@ -120,7 +124,10 @@ def test_client_past_the_round_timeout_is_counted_failed(tracking_uri):
     from fedpers.client_app import build_client_app
     from tests.faults import fault_mod
 
-    cfg = parse_run_config({**BASE, "tracking-uri": tracking_uri, "round-timeout": 5.0})
+    # one SuperNode per client: packed, a hung client would hold up the clients it
+    # shares a message with (docs/running.md, "Many clients in simulation")
+    cfg = parse_run_config({**BASE, "tracking-uri": tracking_uri, "round-timeout": 5.0,
+                            "packing": "off"})
     app = build_client_app(mods=[fault_mod({2: "hang"}, hang_seconds=8.0)])
     run_id = run_simulation(cfg, client_app=app)
     hist = metric_history(tracking_uri, run_id)

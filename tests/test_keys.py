@@ -92,7 +92,7 @@ def test_name_keys_list_their_registry():
         "attack": tuple(ATTACKS), "dp": tuple(DP_MODES), "partition": PARTITIONS,
         "codec-down": DOWN_CODECS, "sparse-values": SPARSE_VALUES,
         "device-profile": ("none", "lognormal", "trace"),  # fedpers.devices.build_clock
-        "device": ("auto", "cpu", "cuda"),
+        "device": ("auto", "cpu", "cuda"), "packing": ("auto", "off"),
     }
     assert set(SCHEMES) | {"natural"} == set(PARTITIONS)
     listed = {i.key: i.choices for i in describe_keys() if i.choices}

@@ -135,3 +135,16 @@ def test_repeated_packed_run_summarises_each_size_and_the_timeline_runs():
         # the parts of a round add up to it (each rounded to 1 ms)
         assert sum(parts[1:]) == pytest.approx(parts[0], abs=0.006)
         assert len(busy.split(", ")) == 1  # one worker served the packed call
+
+
+@pytest.mark.slow
+def test_sweep_cost_prints_both_fixed_costs_and_their_ratio():
+    """benchmarks/overhead/sweep_cost.py: two tiny runs on their own, then as a sweep."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead" / "sweep_cost.py"),
+                          "--runs", "2", "--rounds", "2", "--clients", "2", "--cpus", "2"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^\| \((a|b)\)[^|]*\| ([\d.]+) \| (-?[\d.]+) \|$", out.stdout, re.M)
+    assert [r[0] for r in rows] == ["a", "b"], out.stdout
+    assert all(float(wall) > 0 for _, wall, _ in rows)
+    assert re.search(r"^fixed cost per run \(b\)/\(a\): -?[\d.]+$", out.stdout, re.M)

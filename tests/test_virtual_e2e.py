@@ -40,12 +40,17 @@ def test_virtual_nodes_give_exactly_the_results_of_one_node_per_client(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     state_dir = tmp_path / "client-state"
     common = {**BASE, "tracking-uri": uri, "client-state-dir": str(state_dir)}
-    ref_id = run_simulation(parse_run_config(common))
+    ref_id = run_simulation(parse_run_config({**common, "packing": "off"}))
     virt_id = run_simulation(parse_run_config({**common, "virtual-nodes": 2}))
     packed_id = run_simulation(parse_run_config({**common, "virtual-nodes": 2,
                                                  "clients-per-call": 2}))
+    # the default (packing = auto) on 2 Ray workers: 2 SuperNodes, 2 clients a message
+    auto_id = run_simulation(parse_run_config(common), num_cpus=2)
+    params = MlflowClient(tracking_uri=uri).get_run(auto_id).data.params
+    assert (params["virtual-nodes"], params["clients-per-call"]) == ("2", "2")
     _assert_same_run(uri, ref_id, virt_id, state_dir)
     _assert_same_run(uri, ref_id, packed_id, state_dir)
+    _assert_same_run(uri, ref_id, auto_id, state_dir)
 
 
 def _assert_same_run(uri: str, ref_id: str, virt_id: str, state_dir) -> None:
