@@ -255,6 +255,7 @@ EARLIER = {
     "personalization": "earlier-3-seeds",
     "robustness": "earlier-sweep",
     "communication": "earlier-sweep",
+    "sparsification": "earlier-sweep",
 }
 
 
