@@ -148,3 +148,29 @@ def test_sweep_cost_prints_both_fixed_costs_and_their_ratio():
     assert [r[0] for r in rows] == ["a", "b"], out.stdout
     assert all(float(wall) > 0 for _, wall, _ in rows)
     assert re.search(r"^fixed cost per run \(b\)/\(a\): -?[\d.]+$", out.stdout, re.M)
+
+
+@pytest.mark.slow
+def test_whole_process_comparison_prints_both_sides_and_the_ratio():
+    """benchmarks/overhead/whole.py --quick: a plain loop and fedpers run, tiny."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead" / "whole.py"),
+                          "--quick", "--settings", "small", "--repeat", "1"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = re.search(r"^\| small \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+                    out.stdout, re.M)
+    assert row, out.stdout
+    plain, fed, ratio, acc_a, acc_b = map(float, row.groups())
+    assert ratio == pytest.approx(fed / plain, abs=0.01)
+    assert 0.0 <= acc_a <= 1.0 and 0.0 <= acc_b <= 1.0
+
+
+def test_the_plain_loop_learns_and_evaluates_like_a_federated_run():
+    """whole.py's plain loop on a tiny digits federation: better than chance after 3
+    rounds, reproducible from the seed."""
+    whole = load_script(ROOT / "benchmarks" / "overhead" / "whole.py", "overhead_whole")
+    raw = {"task": "digits", "num-clients": 4, "num-server-rounds": 3, "partition": "iid",
+           "lr": 0.1, "local-epochs": 2}
+    acc = whole.plain_loop(raw)
+    assert acc > 0.3  # chance is 0.1
+    assert whole.plain_loop(raw) == acc
