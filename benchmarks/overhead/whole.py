@@ -16,7 +16,8 @@ Settings: ``small`` (digits, 30 clients, 10 a round, 2 local epochs, 30 rounds: 
 small experiment where start-up weighs) and ``quickstart`` (the ``[base]`` of
 ``benchmarks/quickstart`` with ``partition = "iid"``: Fashion-MNIST, 20 clients, 10 a
 round, 15 rounds). Prints a markdown table of the median wall seconds and the ratio
-(b)/(a), with each side's final global accuracy (a sanity check, not a comparison: the
+(b)/(a), the seconds until (b) printed the end of its first round (start-up plus one
+round), with each side's final global accuracy (a sanity check, not a comparison: the
 two sample clients and initialise differently).
 
     .venv/bin/python benchmarks/overhead/whole.py [--settings small,quickstart]
@@ -51,6 +52,8 @@ SETTINGS: dict[str, dict[str, object]] = {
                    "fraction-train": 0.5, "local-epochs": 2, "batch-size": 32, "lr": 0.1,
                    "max-samples-per-client": 500, "partition": "iid"},
 }
+# the console line fedpers prints when a round ends (fedpers.server_outputs)
+ROUND_ONE = "round 1/"
 QUICK: dict[str, object] = {"num-clients": 4, "num-server-rounds": 2,
                             "max-samples-per-client": 100}
 
@@ -115,13 +118,23 @@ def plain_loop(raw: dict[str, object]) -> float:
     return acc
 
 
-def _timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+def _timed(cmd: list[str], cwd: Path, mark: str = "") -> tuple[float, str, float]:
+    """Wall seconds of ``cmd``, its stdout, and the seconds until a line of its output
+    (stdout or stderr) first contained ``mark`` (NaN without one)."""
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=cwd)
+    assert proc.stdout is not None
+    lines, first = [], float("nan")
+    for line in proc.stdout:
+        if mark and first != first and mark in line:  # first is NaN until the mark
+            first = time.perf_counter() - t0
+        lines.append(line)
+    proc.wait()
     wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{out.stderr[-3000:]}")
-    return wall, out.stdout
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{''.join(lines)[-3000:]}")
+    return wall, "".join(lines), first
 
 
 def _fedpers_accuracy(uri: str) -> float:
@@ -148,26 +161,30 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.settings.split(","):
         raw = {**SETTINGS[name], **(QUICK if args.quick else {})}
-        plain_s, fed_s, plain_acc, fed_acc = [], [], 0.0, 0.0
+        plain_s, fed_s, first_s, plain_acc, fed_acc = [], [], [], 0.0, 0.0
         for _ in range(args.repeat):
-            wall, out = _timed([sys.executable, __file__, "--plain", json.dumps(raw)], ROOT)
+            wall, out, _ = _timed([sys.executable, __file__, "--plain", json.dumps(raw)], ROOT)
             plain_s.append(wall)
             plain_acc = json.loads(out.strip().splitlines()[-1])["accuracy"]
             with tempfile.TemporaryDirectory(prefix="fedpers-whole-") as tmp:
                 uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
                 sets = [f"{k}={json.dumps(v)}" for k, v in raw.items()]
-                wall, _ = _timed([fedpers, "run", "--tracking-uri", uri, "--set", *sets], ROOT)
+                wall, _, first = _timed([fedpers, "run", "--tracking-uri", uri, "--set", *sets],
+                                        ROOT, mark=ROUND_ONE)
                 fed_s.append(wall)
+                first_s.append(first)
                 fed_acc = _fedpers_accuracy(uri)
         a, b = statistics.median(plain_s), statistics.median(fed_s)
-        rows.append((name, a, b, plain_acc, fed_acc))
+        rows.append((name, a, b, statistics.median(first_s), plain_acc, fed_acc))
 
     print(f"\nwhole process, median of {args.repeat} (each side started fresh, one after the "
           f"other); {os.cpu_count()} CPUs\n")
-    print("| setting | (a) plain loop s | (b) fedpers run s | (b)/(a) | acc (a) | acc (b) |")
-    print("|---|---|---|---|---|---|")
-    for name, a, b, acc_a, acc_b in rows:
-        print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f} | {acc_a:.3f} | {acc_b:.3f} |")
+    print("| setting | (a) plain loop s | (b) fedpers run s | (b)/(a) | (b) to the end of "
+          "round 1 s | acc (a) | acc (b) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, a, b, first, acc_a, acc_b in rows:
+        print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f} | {first:.1f} | {acc_a:.3f} | "
+              f"{acc_b:.3f} |")
 
 
 if __name__ == "__main__":
