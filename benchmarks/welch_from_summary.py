@@ -256,6 +256,7 @@ EARLIER = {
     "robustness": "earlier-sweep",
     "communication": "earlier-sweep",
     "sparsification": "earlier-sweep",
+    "heterogeneity": "earlier-sweep",
 }
 
 
