@@ -257,6 +257,7 @@ EARLIER = {
     "communication": "earlier-sweep",
     "sparsification": "earlier-sweep",
     "heterogeneity": "earlier-sweep",
+    "selection": "earlier-sweep",
 }
 
 
