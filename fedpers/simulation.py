@@ -155,13 +155,7 @@ def client_gpu_share(cfg: RunConfig, resources: Resources) -> float:
     """The GPU share per client (:class:`Resources`)."""
     if resources.client_gpus is not None:
         return resources.client_gpus
-    if cfg.device == "cpu":
-        return 0.0
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return 0.0
-    if not torch.cuda.is_available():
+    if cfg.device == "cpu" or not _cuda_available():
         return 0.0
     return 1.0 / max(1, min(num_supernodes(cfg), resources.num_cpus or os.cpu_count() or 1))
 
