@@ -261,23 +261,21 @@ def ray_session(init_args: dict, *, verbose: bool = False) -> Iterator[None]:
     """
     import ray
 
-    if ray.is_initialized():  # the sweep's Ray: it starts and stops it
-        console.filter_worker_logs(verbose)
-        yield
-        return
-    reaper = start_reaper()
+    owned = not ray.is_initialized()  # else the sweep's Ray: it starts and stops it
+    reaper = start_reaper() if owned else None
     try:
-        args = {"include_dashboard": False, **init_args}
-        # Ray's processes inherit the environment, not this process's sys.path
-        # (what Flower's RayBackend.init_ray does too)
-        paths = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
-        pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
-        os.environ["PYTHONPATH"] = pythonpath
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+        if owned:
+            args = {"include_dashboard": False, **init_args}
+            # Ray's processes inherit the environment, not this process's sys.path
+            # (what Flower's RayBackend.init_ray does too)
+            paths = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+            pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+            os.environ["PYTHONPATH"] = pythonpath
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
         console.filter_worker_logs(verbose)
         yield
     finally:
-        if ray.is_initialized():
+        if owned and ray.is_initialized():
             ray.shutdown()
         stop_reaper(reaper)
 
